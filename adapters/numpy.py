@@ -1,0 +1,149 @@
+"""The NumPy front end: ``LTO(params).step(grads)`` updates a dict of arrays in place.
+
+Imports NumPy and ``lto_runtime`` only, never torch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from lto_runtime import OptimizerSession, StepEngine, hyper_row
+
+
+def _check_param(name: str, array: object) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"parameter {name!r} must be a numpy.ndarray, got {type(array).__name__}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"parameter {name!r} has dtype {array.dtype}; lto optimizes real floating-point arrays (float16/32/64)")
+    if not array.flags.writeable:
+        raise ValueError(f"parameter {name!r} is read-only; pass a writeable array, it is updated in place")
+    return array
+
+
+class LTO:
+    """The lto optimizer for a dict of NumPy arrays, updated in place.
+
+    Args:
+        params: name -> parameter array (float16, float32 or float64; any shape).
+        lr: learning rate (the user's knob: the step scales with it, as in Adam).
+        betas, eps, weight_decay: Adam's hyper-parameters (L2 weight decay added to the gradient).
+        onnx_path: optimizer file; ``None`` for the packaged default.
+        providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA if available).
+        max_batch_windows: windows per session call (bounds memory).
+
+    Example:
+        >>> params = {"w": np.zeros((3, 2), np.float32)}
+        >>> opt = LTO(params, lr=1e-2)
+        >>> opt.step({"w": np.ones((3, 2), np.float32)})
+        True
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, np.ndarray],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        onnx_path: str | os.PathLike | None = None,
+        providers: str | Sequence[str] | None = None,
+        max_batch_windows: int = 256,
+    ) -> None:
+        if not isinstance(params, Mapping) or not params:
+            raise ValueError("params must be a non-empty dict of name -> numpy array")
+        self.params = {str(k): _check_param(str(k), v) for k, v in params.items()}
+        self.hyper = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        hyper_row(**self.hyper)
+        self.runtime = OptimizerSession(onnx_path, providers)
+        self.engine = StepEngine(
+            self.runtime,
+            [p.shape for p in self.params.values()],
+            window=self.runtime.spec.window,
+            chunk=self.runtime.spec.chunk,
+            max_batch_windows=max_batch_windows,
+        )
+
+    @property
+    def lr(self) -> float:
+        """The learning rate; assign to change it (e.g. from a schedule)."""
+        return self.hyper["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        hyper_row(value, self.hyper["betas"], self.hyper["eps"], self.hyper["weight_decay"])
+        self.hyper["lr"] = value
+
+    def _gradients(self, grads: Mapping[str, np.ndarray]) -> list[np.ndarray | None]:
+        unknown = [k for k in grads if k not in self.params]
+        if unknown:
+            raise KeyError(f"gradients for unknown parameters {unknown}; known: {list(self.params)}")
+        out = []
+        for name, param in self.params.items():
+            grad = grads.get(name)
+            if grad is not None:
+                grad = np.asarray(grad)
+                if np.iscomplexobj(grad):
+                    raise TypeError(f"gradient {name!r} is complex; lto supports real gradients only")
+                if grad.shape != param.shape:
+                    raise ValueError(f"gradient {name!r} has shape {grad.shape}, its parameter has {param.shape}")
+            out.append(grad)
+        return out
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> bool:
+        """Update the parameters in place from ``grads`` (name -> array; missing names are skipped).
+
+        Returns:
+            ``True`` if the step was taken; ``False`` if a gradient held NaN or Inf, in which case a
+            warning names it and nothing changed.
+        """
+        gradients = self._gradients(grads)
+        params = list(self.params.values())
+        row = hyper_row(**self.hyper)
+
+        def apply(index: int, start: int, stop: int, update: np.ndarray) -> None:
+            param = params[index]
+            if param.flags.c_contiguous:
+                flat = param.reshape(-1)
+                flat[start:stop] += update.astype(param.dtype, copy=False)
+            else:
+                param.flat[start:stop] = param.flat[start:stop] + update
+
+        bad = self.engine.step(gradients, params, np.tile(row, (len(params), 1)), apply)
+        if bad:
+            names = [list(self.params)[i] for i in bad]
+            warnings.warn(f"lto: non-finite gradient in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=2)
+        return not bad
+
+    def task_boundary(self) -> None:
+        """Signal the end of a task: the next step consolidates importance and re-anchors."""
+        self.engine.task_boundary()
+
+    def state_dict(self) -> dict:
+        """Hyper-parameters and per-parameter state (copies); round-trips with :meth:`load_state_dict`."""
+        return {
+            "hyper": dict(self.hyper),
+            "state": {name: self.engine.tensor_state(i) for i, name in enumerate(self.params)},
+        }
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: the names or shapes do not match this optimizer's parameters; nothing changes.
+        """
+        state = state_dict["state"]
+        if list(state) != list(self.params):
+            raise ValueError(f"state_dict holds parameters {list(state)}, this optimizer has {list(self.params)}")
+        hyper_row(**state_dict["hyper"])
+        for i, (name, param) in enumerate(self.params.items()):
+            for slot, value in state[name].items():
+                if isinstance(value, np.ndarray) and value.shape != param.shape:
+                    raise ValueError(f"state {slot!r} of {name!r} has shape {value.shape}, the parameter has {param.shape}")
+        self.hyper = dict(state_dict["hyper"])
+        for i, name in enumerate(self.params):
+            self.engine.set_tensor_state(i, state[name])

@@ -1,0 +1,90 @@
+"""Export the step graph of a checkpoint to one self-contained ONNX optimizer file."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint
+from lto_core.step import StepGraph
+from lto_runtime import __version__
+from lto_runtime.format import CTX_NAMES, FORMAT, INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, STATE_NAMES
+from lto_runtime.model import read_optimizer_file
+
+#: Opset of exported files.
+OPSET = 18
+
+
+def example_inputs(graph: StepGraph, windows: int = 3, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random but well-formed step inputs for ``windows`` windows (export tracing and validation).
+
+    Gradients and parameters are Gaussian, the mask cuts the last window short, the moments are
+    positive, and scalars are an Adam-like setting at step 7, with a boundary on window 0.
+    """
+    w, c = graph.config.window, graph.config.chunk
+    gen = torch.Generator().manual_seed(seed)
+    grad = torch.randn(windows, w, c, generator=gen)
+    param = torch.randn(windows, w, c, generator=gen)
+    mask = torch.ones(windows, w, c)
+    mask[-1, w // 2 :] = 0.0
+    grad, param = grad * mask, param * mask
+    state = torch.randn(len(STATE_NAMES), windows, w, c, generator=gen) * mask
+    state[1] = state[1].abs() * 1e-2
+    state[2] = state[2].abs()
+    row = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "step": 7.0,
+           "steps_since_boundary": 3.0, "boundary": 0.0, "active": 1.0}
+    scalars = torch.tensor([[row[n] for n in SCALAR_NAMES]] * windows)
+    scalars[0, SCALAR_NAMES.index("boundary")] = 1.0
+    ctx = torch.rand(windows, len(CTX_NAMES), generator=gen)
+    return grad, param, mask, state, scalars, ctx
+
+
+def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) -> Path:
+    """Export ``checkpoint``'s step graph to ``out`` and return its path.
+
+    The file is one self-contained ONNX model (dynamo exporter, opset 18, dynamic window count
+    ``B``) carrying the ``lto.*`` metadata; it is re-read with the runtime's validator before
+    this returns.
+    """
+    graph, meta_train = load_checkpoint(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("windows", min=1)
+    dynamic = {"grad": {0: batch}, "param": {0: batch}, "mask": {0: batch}, "state": {1: batch},
+               "scalars": {0: batch}, "ctx": {0: batch}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            example_inputs(graph),
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+    model = program.model_proto
+    metadata = {
+        "lto.format": str(FORMAT),
+        "lto.chunk": str(graph.config.chunk),
+        "lto.window": str(graph.config.window),
+        "lto.state": json.dumps(list(STATE_NAMES)),
+        "lto.scalars": json.dumps(list(SCALAR_NAMES)),
+        "lto.ctx": json.dumps(list(CTX_NAMES)),
+        "lto.version": __version__,
+        "lto.checkpoint_sha256": checkpoint_sha256(checkpoint),
+        "lto.meta_train": json.dumps(meta_train, sort_keys=True),
+        "lto.network": json.dumps(graph.config.to_dict(), sort_keys=True),
+    }
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save_model(model, str(out), save_as_external_data=False)
+    read_optimizer_file(out)
+    return out

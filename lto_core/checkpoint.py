@@ -1,0 +1,67 @@
+"""Checkpoints: network weights as ``NAME.safetensors`` beside a ``NAME.json`` config.
+
+Never pickle: weights load with ``safetensors`` only, and the JSON holds the network sizes and the
+meta-training provenance (``meta_train``), which export copies into the ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from lto_core.network import NetworkConfig
+from lto_core.step import StepGraph
+
+#: The checkpoint of the optimizer that ships inside the package.
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.safetensors"
+CHECKPOINT_FORMAT = 1
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    weights = Path(path).with_suffix(".safetensors")
+    return weights, weights.with_suffix(".json")
+
+
+def save_checkpoint(graph: StepGraph, path: str | Path, meta_train: dict) -> Path:
+    """Write ``graph``'s weights and config; returns the ``.safetensors`` path.
+
+    ``meta_train`` records how the weights were made (``{"meta_trained": False, ...}`` for the
+    zero-head Adam-equivalent network).
+    """
+    weights, config = _paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in graph.state_dict().items()}
+    save_file(tensors, str(weights))
+    doc = {"format": CHECKPOINT_FORMAT, "config": graph.config.to_dict(), "meta_train": meta_train}
+    config.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return weights
+
+
+def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[StepGraph, dict]:
+    """Rebuild the :class:`StepGraph` saved at ``path``; returns it with its ``meta_train`` record.
+
+    Raises:
+        FileNotFoundError: the ``.safetensors`` or its ``.json`` is missing.
+        ValueError: the JSON is not a checkpoint of a known format, or weights do not fit it.
+    """
+    weights, config = _paths(path)
+    for p in (weights, config):
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint file {p} not found (a checkpoint is NAME.safetensors + NAME.json)")
+    doc = json.loads(config.read_text())
+    if doc.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{config}: unknown checkpoint format {doc.get('format')!r}; expected {CHECKPOINT_FORMAT}")
+    graph = StepGraph(NetworkConfig(**doc["config"]))
+    try:
+        graph.load_state_dict(load_file(str(weights)))
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: weights do not match the config in {config}: {err}") from None
+    return graph.eval(), doc.get("meta_train", {})
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of the checkpoint's ``.safetensors`` file, recorded in the exported ONNX file."""
+    return hashlib.sha256(_paths(path)[0].read_bytes()).hexdigest()

@@ -1,0 +1,123 @@
+"""The update network: per-element features -> per-token transformer -> per-element head.
+
+Shapes: elements ``[B, W, C, F]`` are embedded one by one, mean-pooled over the ``C`` elements of
+each token, mixed across the ``W`` tokens of a window by a small pre-LN transformer encoder (no
+positional table, so any tensor size works and cost stays linear in the parameter count), then
+broadcast back to the elements, where a per-element head emits three raw outputs ``(s, g, d)``.
+The head's output layer starts at zero, which makes the whole step exactly Adam.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+#: Per-element input features (see :func:`lto_core.step.element_features`).
+ELEMENT_FEATURES: tuple[str, ...] = ("grad", "adam_dir", "importance", "drift", "param", "curvature")
+#: Per-window inputs besides the static descriptors (see :func:`lto_core.step.window_context`).
+STEP_FEATURES: tuple[str, ...] = ("log_step", "log_steps_since_boundary")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Sizes of the update network and of its token layout.
+
+    Args:
+        chunk: elements per token ``C``.
+        window: tokens per window ``W``.
+        embed: per-element embedding width.
+        hidden: per-element head width.
+        model_dim: token width inside the transformer.
+        heads: attention heads.
+        layers: transformer encoder layers.
+        ff: feed-forward width of each layer.
+        ctx: number of static per-window descriptors.
+        scale_a: ``a`` in ``exp(a*tanh(s))``, the largest log-factor of the step size.
+        direction_b: ``b`` in ``b*tanh(d)``, the largest additive direction, in units of Adam's step.
+    """
+
+    chunk: int = 64
+    window: int = 16
+    embed: int = 8
+    hidden: int = 8
+    model_dim: int = 16
+    heads: int = 2
+    layers: int = 1
+    ff: int = 32
+    ctx: int = 5
+    scale_a: float = 1.0
+    direction_b: float = 0.1
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+class _EncoderLayer(nn.Module):
+    """Pre-LN transformer encoder layer written with plain ops, so it exports cleanly to ONNX."""
+
+    def __init__(self, dim: int, heads: int, ff: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model_dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff1 = nn.Linear(dim, ff)
+        self.ff2 = nn.Linear(ff, dim)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, W, D]; ``key_bias`` [B, 1, 1, W] (0 for real tokens, -1e9 for padding)."""
+        b, w, d = x.shape
+        dh = d // self.heads
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q = q.reshape(b, w, self.heads, dh).transpose(1, 2)
+        k = k.reshape(b, w, self.heads, dh).transpose(1, 2)
+        v = v.reshape(b, w, self.heads, dh).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dh) + key_bias
+        mixed = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, w, d)
+        x = x + self.proj(mixed)
+        return x + self.ff2(torch.relu(self.ff1(self.norm2(x))))
+
+
+class UpdateNetwork(nn.Module):
+    """Maps per-element features and per-window context to raw ``(s, g, d)`` per element."""
+
+    def __init__(self, config: NetworkConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or NetworkConfig()
+        nf = len(ELEMENT_FEATURES)
+        self.embed = nn.Linear(nf, config.embed)
+        self.pool_proj = nn.Linear(config.embed, config.model_dim)
+        self.ctx_proj = nn.Linear(config.ctx + len(STEP_FEATURES), config.model_dim)
+        self.encoder = nn.ModuleList(
+            _EncoderLayer(config.model_dim, config.heads, config.ff) for _ in range(config.layers)
+        )
+        self.token_to_head = nn.Linear(config.model_dim, config.hidden)
+        self.element_to_head = nn.Linear(config.embed, config.hidden, bias=False)
+        self.out = nn.Linear(config.hidden, 3)
+        self.zero_head()
+
+    def zero_head(self) -> None:
+        """Zero the output layer: the step then computes exactly Adam."""
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor, window_ctx: torch.Tensor) -> torch.Tensor:
+        """``features`` [B,W,C,F], ``mask`` [B,W,C], ``window_ctx`` [B,K+2] -> raw outputs [B,W,C,3]."""
+        elem = torch.relu(self.embed(features))
+        count = mask.sum(dim=-1, keepdim=True)
+        pooled = (elem * mask.unsqueeze(-1)).sum(dim=2) / count.clamp(min=1.0)
+        tokens = self.pool_proj(pooled) + self.ctx_proj(window_ctx).unsqueeze(1)
+        key_bias = ((count.squeeze(-1) > 0).to(tokens.dtype) - 1.0) * 1e9
+        key_bias = key_bias[:, None, None, :]
+        for layer in self.encoder:
+            tokens = layer(tokens, key_bias)
+        token_bias = self.token_to_head(tokens).unsqueeze(2)
+        hidden = torch.relu(self.element_to_head(elem) + token_bias)
+        return self.out(hidden)
