@@ -101,6 +101,11 @@ class LTO(torch.optim.Optimizer):
 
     # -- the engine follows the parameter list ----------------------------------------------------
 
+    @property
+    def engine(self) -> StepEngine:
+        """The :class:`~lto_runtime.StepEngine` holding the state (rebuilt if parameters changed)."""
+        return self._sync_engine()
+
     def _param_list(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 

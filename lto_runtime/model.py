@@ -201,6 +201,8 @@ class OptimizerSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # A spinning onnxruntime thread pool steals the cores the training framework needs between steps.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             model.SerializeToString(), sess_options=options, providers=resolve_providers(providers)
         )
