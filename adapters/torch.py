@@ -17,6 +17,7 @@ import torch
 
 from lto_runtime import STATE_NAMES, OptimizerSession, StepEngine, hyper_row
 
+#: Execution strategies of the step: onnxruntime running an optimizer file, or the PyTorch step graph.
 BACKENDS = ("onnx", "torch")
 
 

@@ -17,6 +17,7 @@ from lto_core.step import StepGraph
 
 #: The checkpoint of the optimizer that ships inside the package.
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.safetensors"
+#: Version of the checkpoint JSON layout this code reads and writes.
 CHECKPOINT_FORMAT = 1
 
 

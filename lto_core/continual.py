@@ -74,6 +74,7 @@ def run_stream(
     seed: int = 0,
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     on_task_end: Callable[[nn.Module, Task], None] | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> StreamResult:
     """Train ``model`` for ``iters`` steps on each task in turn and fill the accuracy matrix.
 
@@ -81,12 +82,16 @@ def run_stream(
     one, and ``on_task_end(model, task)`` when given (EWC computes its Fisher there); ``penalty``
     adds a regularizer to every training loss. Batches come from ``seed`` alone, so every
     optimizer run with the same seed sees the same data in the same order.
+
+    ``on_step(steps, model)``, when given, is called after every optimizer step with the number
+    of steps taken so far in the stream (evaluation curves); its time is left out of ``seconds``.
     """
     rng = np.random.default_rng(seed)
     tasks = stream.tasks
     b = np.array([accuracy(model, t) for t in tasks])
     R = np.zeros((len(tasks), len(tasks)))
     losses: list[float] = []
+    callback_seconds = 0.0
     start = time.perf_counter()
     for i, task in enumerate(tasks):
         for _ in range(iters):
@@ -98,10 +103,14 @@ def run_stream(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                called = time.perf_counter()
+                on_step(len(losses), model)
+                callback_seconds += time.perf_counter() - called
         R[i] = [accuracy(model, t) for t in tasks]
         if i < len(tasks) - 1:
             if on_task_end is not None:
                 on_task_end(model, task)
             if hasattr(optimizer, "task_boundary"):
                 optimizer.task_boundary()
-    return StreamResult(R, b, losses, time.perf_counter() - start)
+    return StreamResult(R, b, losses, time.perf_counter() - start - callback_seconds)

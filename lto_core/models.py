@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+#: Names :func:`make_model` accepts.
 ARCHITECTURES = ("mlp", "cnn", "transformer")
 
 

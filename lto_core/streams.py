@@ -19,7 +19,9 @@ import numpy as np
 
 from lto_core.data import Dataset
 
+#: Stream kinds :func:`make_stream` builds.
 STREAMS = ("split", "permuted", "rotated", "remapped")
+#: Scenarios: what the model is told (task identity or not) and which outputs it predicts.
 SCENARIOS = ("task", "domain", "class")
 
 

@@ -24,7 +24,8 @@ ApplyFn = Callable[[int, int, int, np.ndarray], None]
 class StepFunction(Protocol):
     """Anything that computes the step graph: reads ``inputs``, writes ``outputs`` in place."""
 
-    def run(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None: ...
+    def run(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Compute the step for the windows in ``inputs`` and write ``update`` and ``new_state`` into ``outputs``."""
 
 
 def hyper_row(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> np.ndarray:

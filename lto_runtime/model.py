@@ -28,6 +28,7 @@ from lto_runtime.format import (
     STATE_NAMES,
 )
 
+#: Logger ``"lto_runtime"``; a new session logs, at INFO, which execution provider it runs on.
 logger = logging.getLogger("lto_runtime")
 
 

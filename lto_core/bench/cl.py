@@ -1,0 +1,170 @@
+"""``lto bench cl``: optimizers side by side on a continual-learning stream.
+
+Within a seed every method trains a model with the same initial weights (``make_model(...,
+seed=seed)``) on the same stream with the same batches (``run_stream(..., seed=seed)``); only the
+optimizer (and, for EWC, its penalty) differs. Each run records the accuracy matrix ``R``, the
+init accuracies ``b``, GEM's ACC, BWT and FWT (:mod:`lto_core.metrics`), the per-step training
+loss, the accuracy on every task each ``eval_every`` steps, and the training wall time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lto_core.bench.common import (
+    Method,
+    Progress,
+    environment,
+    format_mean_std,
+    markdown_table,
+    plots_unavailable_message,
+    previous_records,
+    rounded,
+    run_grid,
+    summarize,
+    write_json,
+)
+from lto_core.continual import accuracy, run_stream
+from lto_core.data import load_dataset
+from lto_core.models import ARCHITECTURES, make_model
+from lto_core.streams import SCENARIOS, STREAMS, Stream, make_stream
+
+#: Scalars summarized over seeds, in table order.
+METRICS = ("ACC", "BWT", "FWT", "seconds")
+
+
+@dataclass(frozen=True)
+class CLConfig:
+    """What to run: data, stream, scenario, model, tasks, steps per task, seeds, batch size and how
+    often (in steps) to evaluate every task for the accuracy-over-training curves."""
+
+    data: str = "digits"
+    stream: str = "split"
+    scenario: str = "task"
+    arch: str = "mlp"
+    tasks: int = 5
+    iters: int = 300
+    seeds: int = 3
+    batch_size: int = 32
+    eval_every: int = 30
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (("stream", self.stream, STREAMS), ("scenario", self.scenario, SCENARIOS), ("arch", self.arch, ARCHITECTURES)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {choices}")
+        for name in ("tasks", "iters", "seeds", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, progress: Progress | None = None) -> dict[str, Any]:
+    """Train one fresh model through ``stream`` with ``method``; the record of that run."""
+    model = make_model(config.arch, stream.input_shape, stream.num_outputs, seed=seed)
+    optimizer = method.make_optimizer(list(model.parameters()))
+    regularizer = method.make_regularizer() if method.make_regularizer is not None else None
+    steps: list[int] = []
+    curve: list[list[float]] = []
+
+    def on_step(taken: int, trained) -> None:
+        if progress is not None:
+            progress(1)
+        if taken % config.eval_every == 0:
+            steps.append(taken)
+            curve.append([accuracy(trained, task) for task in stream.tasks])
+
+    result = run_stream(
+        model,
+        optimizer,
+        stream,
+        config.iters,
+        batch_size=config.batch_size,
+        seed=seed,
+        penalty=None if regularizer is None else regularizer.penalty,
+        on_task_end=None if regularizer is None else regularizer.on_task_end,
+        on_step=on_step,
+    )
+    return {
+        "R": [rounded(row) for row in result.R],
+        "b": rounded(result.b),
+        "ACC": result.acc,
+        "BWT": result.bwt,
+        "FWT": result.fwt,
+        "seconds": result.seconds,
+        "losses": rounded(result.losses),
+        "curve": {"steps": [0, *steps], "accuracy": [rounded(result.b), *(rounded(row) for row in curve)]},
+    }
+
+
+def cl_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The markdown table: one row per optimizer, mean ± std over seeds."""
+    rows = [
+        [
+            f"`{name}`",
+            format_mean_std(stats["ACC"]),
+            format_mean_std(stats["BWT"], signed=True),
+            format_mean_std(stats["FWT"], signed=True),
+            format_mean_std(stats["seconds"], digits=1),
+        ]
+        for name, stats in summary.items()
+    ]
+    return markdown_table(["optimizer", "ACC", "BWT", "FWT", "train seconds"], rows)
+
+
+def run_cl(
+    config: CLConfig,
+    methods: dict[str, Method],
+    out: str | Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and write ``results.json``, ``results.md`` and the plots into ``out``.
+
+    ``results.json`` holds the configuration (with each method's settings and ``notes``), one
+    record per ``(optimizer, seed)`` (see :func:`run_cl_once`) and the summary over seeds. It is
+    rewritten after every run; with ``resume`` a run of the same configuration continues where it
+    stopped. Returns the final payload, with ``"table"`` (markdown) and ``"plots"`` (paths) or
+    ``"plots_skipped"`` (why there are none).
+    """
+    if not methods:
+        raise ValueError("no optimizers to benchmark; name at least one")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    settings = {name: m.settings for name, m in methods.items()}
+    full_config = {"benchmark": "cl", **asdict(config), "optimizers": settings, "notes": notes or {}}
+    done = previous_records(path, full_config, resume)
+    if progress is not None and done:
+        progress(len(done) * config.tasks * config.iters)
+
+    def prepare(seed: int) -> Stream:
+        return make_stream(load_dataset(config.data, seed), config.stream, config.scenario, config.tasks, seed=seed)
+
+    def run_one(name: str, method: Method, seed: int, stream: Stream) -> dict[str, Any]:
+        return run_cl_once(config, method, seed, stream, progress)
+
+    def save(records: list[dict[str, Any]], complete: bool) -> None:
+        write_json(path, {"config": full_config, "environment": environment(), "complete": complete, "records": records})
+
+    records = run_grid(methods, config.seeds, prepare, run_one, save, done)
+    summary = {name: summarize([r for r in records if r["optimizer"] == name], METRICS) for name in methods}
+    table = cl_table(summary)
+    payload = {"config": full_config, "environment": environment(), "complete": True, "records": records, "summary": summary}
+    heading = (
+        f"`lto bench cl`: {config.stream} {config.data}, {config.scenario}-incremental, {config.tasks} tasks x "
+        f"{config.iters} steps, {config.arch}, {config.seeds} seed(s); mean ± std over seeds\n\n"
+    )
+    (out / "results.md").write_text(heading + table)
+    missing = plots_unavailable_message()
+    if missing is None:
+        from lto_core.bench.plots import plot_cl
+
+        payload["plots"] = [str(p) for p in plot_cl(payload, out)]
+    else:
+        payload["plots_skipped"] = missing
+    write_json(path, payload)
+    payload["table"] = table
+    return payload
+

@@ -1,0 +1,40 @@
+"""Small real training problems shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lto_core.data import load_digits
+
+
+def digits_mlp(seed: int = 0) -> torch.nn.Module:
+    """A 64-32-10 MLP with fixed initial weights."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+
+
+def digits_batches(steps: int, batch: int = 32, seed: int = 0):
+    """``steps`` minibatches of real scikit-learn digits, in a fixed order."""
+    data = load_digits()
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.integers(0, len(data.x_train), batch)
+        yield torch.from_numpy(data.x_train[idx]), torch.from_numpy(data.y_train[idx])
+
+
+def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 0) -> list[float]:
+    """Plain cross-entropy training; returns the loss of every step."""
+    losses = []
+    for x, y in digits_batches(steps, seed=seed):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    """All parameters as one vector (a copy)."""
+    return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])

@@ -1,0 +1,106 @@
+"""NaN/Inf gradients skip the step without touching anything; odd gradients get clear errors;
+low- and high-precision parameters work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import digits_mlp, flat_params, train
+from lto_adapters.numpy import LTO as NumpyLTO
+from lto_adapters.torch import LTO
+
+
+def _state_tensors(opt):
+    return {(i, k): v.clone() for i, s in opt.state_dict()["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_gradient_skips_whole_step(random_head_files, bad):
+    _, onnx_path = random_head_files
+    model = digits_mlp()
+    opt = LTO(model.parameters(), lr=1e-2, onnx_path=onnx_path)
+    train(model, opt, 5)
+    params, state = flat_params(model), _state_tensors(opt)
+    steps = {i: s["step"] for i, s in opt.state_dict()["state"].items()}
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
+    model[3].bias.grad[2] = bad
+    with pytest.warns(RuntimeWarning, match=r"non-finite gradient in param_groups\[0\]\['params'\]\[3\] \(shape \(10,\)\)"):
+        opt.step()
+    assert torch.equal(flat_params(model), params)
+    after = _state_tensors(opt)
+    assert all(torch.equal(after[k], state[k]) for k in state)
+    assert {i: s["step"] for i, s in opt.state_dict()["state"].items()} == steps
+
+
+def test_numpy_nonfinite_gradient_skips_and_names_it():
+    params = {"w": np.ones(3, np.float32), "b": np.ones(2, np.float32)}
+    opt = NumpyLTO(params, lr=0.1)
+    with pytest.warns(RuntimeWarning, match=r"\['b'\]"):
+        assert not opt.step({"w": np.ones(3, np.float32), "b": np.array([1.0, np.nan], np.float32)})
+    assert (params["w"] == 1).all() and opt.state_dict()["state"]["w"]["step"] == 0
+
+
+def test_sparse_gradient_is_refused():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = LTO(emb.parameters())
+    before = emb.weight.detach().clone()
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+    assert torch.equal(emb.weight, before)
+
+
+def test_complex_parameter_is_refused():
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    opt = LTO([p])
+    p.grad = torch.ones(3, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match="complex"):
+        opt.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_one_step_is_float32_math_cast_back(zero_head_files, dtype):
+    _, onnx_path = zero_head_files
+    torch.manual_seed(0)
+    low = torch.nn.Parameter(torch.randn(20, 5).to(dtype))
+    grad = torch.randn(20, 5).to(dtype)
+    ref = torch.nn.Parameter(low.detach().float().clone())
+    ref.grad, low.grad = grad.float(), grad
+    torch.optim.Adam([ref], lr=1e-2).step()
+    LTO([low], lr=1e-2, onnx_path=onnx_path).step()
+    assert low.dtype == dtype
+    if dtype == torch.float64:  # the float32 update is added in float64
+        assert torch.allclose(low.detach(), ref.detach().double(), rtol=0, atol=1e-7)
+    else:  # 16-bit: exactly the float32 result rounded once
+        assert torch.equal(low.detach(), ref.detach().to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_train(zero_head_files, dtype):
+    _, onnx_path = zero_head_files
+    torch.manual_seed(0)
+    w, target = torch.randn(20, 5), torch.randn(5)
+    ref = torch.nn.Parameter(w.clone())
+    low = torch.nn.Parameter(w.clone().to(dtype))
+    ref_opt, low_opt = torch.optim.Adam([ref], lr=1e-2), LTO([low], lr=1e-2, onnx_path=onnx_path)
+    for _ in range(30):
+        for p, opt in ((ref, ref_opt), (low, low_opt)):
+            opt.zero_grad()
+            ((p.float() - target) ** 2).sum().backward()
+            opt.step()
+    assert low.dtype == dtype
+    assert ((low.float() - target) ** 2).sum() < ((w - target) ** 2).sum() * 0.9
+    if dtype == torch.float64:
+        assert torch.allclose(low.float(), ref.detach(), atol=1e-6)
+
+
+def test_numpy_float16_and_float64(zero_head_files):
+    _, onnx_path = zero_head_files
+    for dtype in (np.float16, np.float64):
+        params = {"w": np.ones(7, dtype)}
+        NumpyLTO(params, lr=0.1, onnx_path=onnx_path).step({"w": np.ones(7, dtype)})
+        assert params["w"].dtype == dtype
+        np.testing.assert_allclose(params["w"], 0.9, rtol=1e-3)

@@ -1,0 +1,55 @@
+"""The lto command line: export -> validate, inspect, demo."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from lto_export.cli import main
+
+
+def test_export_then_validate(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "mine.onnx"
+    result = runner.invoke(main, ["export", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    result = runner.invoke(main, ["validate", str(out), "--steps", "20"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+
+
+def test_validate_fails_against_the_wrong_checkpoint(random_head_files, zero_head_files):
+    result = CliRunner().invoke(main, ["validate", str(random_head_files[1]), "--checkpoint", str(zero_head_files[0]), "--steps", "10"])
+    assert result.exit_code == 1
+    assert "FAIL" in result.output
+
+
+def test_inspect_reports_metadata_io_and_providers():
+    result = CliRunner().invoke(main, ["inspect"])
+    assert result.exit_code == 0, result.output
+    for text in ("lto.format: 1", "lto.meta_train", "input grad", "output new_state", "CPUExecutionProvider", "KiB"):
+        assert text in result.output
+    assert "meta-trained" in result.output
+
+
+def test_inspect_refuses_a_bad_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("nope")
+    result = CliRunner().invoke(main, ["inspect", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.onnx" in result.output
+
+
+def test_demo_prints_acc_and_bwt_for_both():
+    result = CliRunner().invoke(main, ["demo", "--tasks", "2", "--iters", "20"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines() if line.startswith(("Adam", "LTO"))}
+    assert set(lines) == {"Adam", "LTO"}
+    assert all(0.0 <= float(v[1]) <= 1.0 for v in lines.values())
+
+
+def test_every_verb_has_help():
+    runner = CliRunner()
+    for verb in main.commands:
+        result = runner.invoke(main, [verb, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
