@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
 
-from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint
+from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint, save_checkpoint
 from lto_core.step import StepGraph
 from lto_runtime import __version__
 from lto_runtime.format import CTX_NAMES, FORMAT, INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, STATE_NAMES
-from lto_runtime.model import read_optimizer_file
+from lto_runtime.model import default_model_path, read_optimizer_file
 
 #: Opset of exported files.
 OPSET = 18
@@ -56,6 +57,9 @@ def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) ->
     batch = torch.export.Dim("windows", min=1)
     dynamic = {"grad": {0: batch}, "param": {0: batch}, "mask": {0: batch}, "state": {1: batch},
                "scalars": {0: batch}, "ctx": {0: batch}}
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it lists every torchvision op it skips
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -69,6 +73,7 @@ def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) ->
             external_data=False,
             verbose=False,
         )
+    exporter_log.setLevel(level)
     model = program.model_proto
     metadata = {
         "lto.format": str(FORMAT),
@@ -88,3 +93,12 @@ def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) ->
     onnx.save_model(model, str(out), save_as_external_data=False)
     read_optimizer_file(out)
     return out
+
+
+def install_default(checkpoint: str | Path) -> Path:
+    """Make ``checkpoint`` the packaged default: copy it (weights and JSON) to
+    :data:`~lto_core.checkpoint.DEFAULT_CHECKPOINT` and export it to the runtime's ``default.onnx``.
+    Returns the ONNX path."""
+    graph, meta_train = load_checkpoint(checkpoint)
+    weights = save_checkpoint(graph, DEFAULT_CHECKPOINT, meta_train)
+    return export_onnx(default_model_path(), weights)

@@ -1,7 +1,7 @@
 """Built-in, offline datasets and the loader for a user's own ``.npz`` file.
 
 Nothing here downloads: ``digits`` ships inside scikit-learn, ``mnist1d`` is generated locally with
-``mnist1d.data.make_dataset``, ``gaussians`` is synthetic, and ``PATH.npz`` is the user's file.
+``mnist1d.data.make_dataset``, ``gaussians`` and ``teacher`` are synthetic, and ``PATH.npz`` is the user's file.
 MNIST-family data is held out from meta-training; it only ever arrives through ``PATH.npz``.
 """
 
@@ -80,6 +80,17 @@ def gaussian_mixture(seed: int = 0, classes: int = 10, dim: int = 32, per_class:
     return Dataset("gaussians", xtr, ytr, xte, yte)
 
 
+def teacher_dataset(seed: int = 0, classes: int = 10, dim: int = 32, samples: int = 2000, hidden: int = 64) -> Dataset:
+    """Synthetic vectors labelled by a random teacher network: ``argmax(W2 tanh(W1 x))``, x ~ N(0, I)."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(size=(dim, hidden)) / np.sqrt(dim)
+    w2 = rng.normal(size=(hidden, classes)) / np.sqrt(hidden)
+    x = rng.normal(size=(samples, dim))
+    y = np.tanh(x @ w1 * 2.0) @ w2
+    xtr, ytr, xte, yte = _split(x.astype(np.float32), y.argmax(axis=1).astype(np.int64), 0.25, seed)
+    return Dataset("teacher", xtr, ytr, xte, yte)
+
+
 def load_npz(path: str | Path) -> Dataset:
     """A user's local ``.npz`` with ``x_train, y_train, x_test, y_test`` (images or vectors).
 
@@ -115,17 +126,19 @@ def load_npz(path: str | Path) -> Dataset:
 
 
 #: Built-in dataset names for ``--data``.
-BUILTIN = ("digits", "mnist1d", "gaussians")
+BUILTIN = ("digits", "mnist1d", "gaussians", "teacher")
 
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """``digits``, ``mnist1d``, ``gaussians`` or a path to a ``.npz`` file."""
+    """``digits``, ``mnist1d``, ``gaussians``, ``teacher`` or a path to a ``.npz`` file."""
     if name == "digits":
         return load_digits(seed)
     if name == "mnist1d":
         return load_mnist1d(seed)
     if name == "gaussians":
         return gaussian_mixture(seed)
+    if name == "teacher":
+        return teacher_dataset(seed)
     if name.endswith(".npz") or Path(name).exists():
         return load_npz(name)
     raise ValueError(f"unknown data {name!r}; use one of {BUILTIN} or a path to a local .npz file")

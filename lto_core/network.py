@@ -108,6 +108,27 @@ class UpdateNetwork(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    @torch.no_grad()
+    def init_importance_gate(self, strength: float) -> None:
+        """Start from importance-gated Adam instead of plain Adam.
+
+        Routes the ``log(1 + Omega)`` feature through one embedding unit and one head unit to the
+        gate output, ``g = -strength * log(1 + Omega)``, so the step becomes
+        ``adam_dir * 2*sigmoid(g) = adam_dir * 2 / (1 + (1 + Omega)^strength)``; ``strength = 1``
+        is ``adam_dir / (1 + Omega/2)``. Where nothing was consolidated (``Omega = 0``, e.g. plain
+        single-task training) this is still exactly Adam. Meta-training starts from here.
+        """
+        self.zero_head()
+        source = ELEMENT_FEATURES.index("importance")
+        self.embed.weight[0].zero_()
+        self.embed.weight[0, source] = 1.0
+        self.embed.bias[0] = 0.0
+        self.element_to_head.weight[0].zero_()
+        self.element_to_head.weight[0, 0] = 1.0
+        self.token_to_head.weight[0].zero_()
+        self.token_to_head.bias[0] = 0.0
+        self.out.weight[1, 0] = -strength
+
     def forward(self, features: torch.Tensor, mask: torch.Tensor, window_ctx: torch.Tensor) -> torch.Tensor:
         """``features`` [B,W,C,F], ``mask`` [B,W,C], ``window_ctx`` [B,K+2] -> raw outputs [B,W,C,3]."""
         elem = torch.relu(self.embed(features))

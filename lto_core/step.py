@@ -106,7 +106,7 @@ def element_features(
     Each is clipped to ``[-10, 10]`` and zeroed on padding.
     """
     v_hat = exp_avg_sq / bc2
-    rms_param = masked_window_mean(param * param, mask).sqrt().clamp(min=_TINY)
+    rms_param = masked_window_mean(param * param, mask).clamp(min=_TINY).sqrt()
     feats = torch.stack(
         [
             grad / (v_hat.sqrt() + eps),
@@ -159,7 +159,8 @@ class StepGraph(nn.Module):
         """One step for ``B`` windows; see the module docstring for shapes."""
         lr, beta1, beta2, eps, weight_decay, step, since, boundary, active = scalars[:, :, None, None].unbind(1)
         exp_avg, exp_avg_sq, importance, anchor = state.unbind(0)
-        grad = grad + weight_decay * param
+        # Weight decay joins the gradient, which is a constant of the step (also for meta-gradients).
+        grad = grad + weight_decay * param.detach()
         boundary = torch.maximum(boundary, (step <= 1.0).to(boundary.dtype))
         importance, anchor = consolidate_importance(
             exp_avg_sq, beta2, step - 1.0, importance, anchor, param, mask, boundary

@@ -1,0 +1,299 @@
+"""Meta-training the update network by truncated backpropagation through continual streams.
+
+Each iteration draws one continual-learning problem from a :class:`~lto_core.families.Family`
+(data, stream, scenario, architecture, length, learning rate), trains a fresh model through it
+with the differentiable :class:`~lto_core.unroll.UnrolledLTO`, and every ``truncation`` inner
+steps updates the network's weights with outer Adam on the meta-loss
+
+    L = mean over query points t of  mean_{j <= current task} CE_j(theta_t),
+
+query cross-entropies of the current task and of every earlier one on fresh training batches,
+all tasks weighted equally as in ACC: the current task's term rewards learning, the earlier ones
+penalize forgetting (stability-plasticity). Meta-gradients are clipped by norm. Validation runs whole held-out
+problems without gradients and keeps the checkpoint with the best mean ACC.
+
+Determinism: iteration ``i`` draws its problem and batches from ``(seed, i)`` alone, so a run that
+is interrupted and resumed (weights, outer Adam state and progress are checkpointed after every
+iteration) continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lto_core.checkpoint import load_checkpoint, save_checkpoint
+from lto_core.continual import masked_logits
+from lto_core.families import Family, ProblemSpec, build_problem
+from lto_core.metrics import average_accuracy, backward_transfer
+from lto_core.network import NetworkConfig
+from lto_core.step import StepGraph
+from lto_core.streams import Task
+from lto_core.unroll import UnrolledLTO
+
+#: Seed offset of validation problems, far from the training iterations' keys.
+VALIDATION_KEY = 1_000_003
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """Everything that decides a meta-training run (with the seed)."""
+
+    iterations: int = 400
+    family: Family = field(default_factory=Family)
+    validation_family: Family = field(default_factory=lambda: Family(tasks=(4, 4), steps_per_task=(150, 150)))
+    validation_problems: int = 4
+    validate_every: int = 25
+    truncation: int = 30
+    query_every: int = 5
+    query_batch: int = 64
+    outer_lr: float = 2e-3
+    clip: float = 1.0
+    #: Initial gate strength (see :meth:`UpdateNetwork.init_importance_gate`); 0 starts from Adam.
+    gate_init: float = 1.0
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "MetaTrainConfig":
+        """Inverse of :meth:`to_dict`; missing keys keep their defaults."""
+        doc = dict(doc)
+        for key in ("family", "validation_family"):
+            if key in doc:
+                doc[key] = Family.from_dict(doc[key])
+        if "network" in doc:
+            doc["network"] = NetworkConfig(**doc["network"])
+        unknown = set(doc) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown meta-training config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**doc)
+
+
+class _Inner:
+    """A model's forward as a function of a list of parameter tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.names = [n for n, _ in model.named_parameters()]
+        self.initial = [p.detach().clone() for p in model.parameters()]
+
+    def loss(self, params: Sequence[torch.Tensor], task: Task, index: np.ndarray) -> torch.Tensor:
+        x, y = torch.from_numpy(task.x_train[index]), torch.from_numpy(task.y_train[index])
+        logits = torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,))
+        return nn.functional.cross_entropy(masked_logits(logits, task.classes), y)
+
+    @torch.no_grad()
+    def accuracy(self, params: Sequence[torch.Tensor], task: Task) -> float:
+        logits = torch.func.functional_call(self.model, dict(zip(self.names, params)), (torch.from_numpy(task.x_test),))
+        return float((masked_logits(logits, task.classes).argmax(-1).numpy() == task.y_test).mean())
+
+
+def _grads(inner: _Inner, params: list[torch.Tensor], task: Task, index: np.ndarray) -> tuple[float, list[torch.Tensor]]:
+    """Training loss and its gradient w.r.t. ``params`` (constants for the meta-gradient)."""
+    with torch.enable_grad():
+        leaves = [p.detach().requires_grad_() for p in params]
+        loss = inner.loss(leaves, task, index)
+        return float(loss.detach()), list(torch.autograd.grad(loss, leaves))
+
+
+def run_problem(graph: StepGraph, spec: ProblemSpec) -> np.ndarray:
+    """Train a fresh model through ``spec``'s stream with ``graph`` (no meta-gradient); return R."""
+    stream, model = build_problem(spec)
+    inner = _Inner(model)
+    params = [p.clone() for p in inner.initial]
+    opt = UnrolledLTO(graph, [tuple(p.shape) for p in params], lr=spec.lr)
+    rng = np.random.default_rng(spec.seed)
+    R = np.zeros((spec.tasks, spec.tasks))
+    with torch.no_grad():
+        for i, task in enumerate(stream.tasks):
+            if i:
+                opt.task_boundary()
+            for _ in range(spec.steps_per_task):
+                _, grads = _grads(inner, params, task, rng.integers(0, len(task.x_train), spec.batch_size))
+                params = opt.step(params, grads)
+            R[i] = [inner.accuracy(params, t) for t in stream.tasks]
+    return R
+
+
+def meta_step_problem(graph: StepGraph, outer: torch.optim.Optimizer, spec: ProblemSpec, config: MetaTrainConfig) -> float:
+    """Meta-train on one problem: truncated backpropagation through its whole stream.
+
+    Returns the mean meta-loss over the problem's truncations.
+    """
+    stream, model = build_problem(spec)
+    inner = _Inner(model)
+    params = [p.clone() for p in inner.initial]
+    opt = UnrolledLTO(graph, [tuple(p.shape) for p in params], lr=spec.lr)
+    rng = np.random.default_rng(spec.seed)
+    query_rng = np.random.default_rng(spec.seed + 1)
+    terms: list[torch.Tensor] = []
+    meta_losses: list[float] = []
+    for i, task in enumerate(stream.tasks):
+        if i:
+            opt.task_boundary()
+        for step in range(1, spec.steps_per_task + 1):
+            _, grads = _grads(inner, params, task, rng.integers(0, len(task.x_train), spec.batch_size))
+            params = opt.step(params, grads)
+            if step % config.query_every == 0 or step == spec.steps_per_task:
+                terms.append(_query_loss(inner, params, stream.tasks[: i + 1], query_rng, config.query_batch))
+            if step % config.truncation == 0 or step == spec.steps_per_task:
+                meta = torch.stack(terms).mean()
+                outer.zero_grad()
+                meta.backward()
+                nn.utils.clip_grad_norm_(graph.parameters(), config.clip)
+                outer.step()
+                meta_losses.append(float(meta.detach()))
+                terms = []
+                params = [p.detach() for p in params]
+                opt.detach_()
+    return float(np.mean(meta_losses))
+
+
+def _query_loss(inner: _Inner, params, seen: Sequence[Task], rng: np.random.Generator, batch: int) -> torch.Tensor:
+    """``mean_{j <= current} CE_j`` on fresh training batches: every task seen so far counts
+    equally, as in ACC, so the current task is one term among them."""
+    return torch.stack([inner.loss(params, t, rng.integers(0, len(t.x_train), batch)) for t in seen]).mean()
+
+
+def validation_specs(config: MetaTrainConfig, seed: int) -> list[ProblemSpec]:
+    """The held-out validation problems of a run (fixed by the seed)."""
+    return [config.validation_family.sample(np.random.default_rng([seed, VALIDATION_KEY, i])) for i in range(config.validation_problems)]
+
+
+def validate(graph: StepGraph, specs: Sequence[ProblemSpec]) -> dict[str, float]:
+    """Mean ACC and BWT of ``graph`` over whole validation problems."""
+    mats = [run_problem(graph, s) for s in specs]
+    return {"acc": float(np.mean([average_accuracy(R) for R in mats])), "bwt": float(np.mean([backward_transfer(R) for R in mats]))}
+
+
+# -- checkpoints of a run --------------------------------------------------------------------------
+
+
+def _save_outer(outer: torch.optim.Optimizer, path: Path) -> None:
+    sd = outer.state_dict()
+    tensors = {f"{i}.{k}": v.detach().clone() for i, st in sd["state"].items() for k, v in st.items()}
+    save_file(tensors, str(path.with_suffix(".safetensors")))
+    path.with_suffix(".json").write_text(json.dumps({"param_groups": sd["param_groups"], "state_keys": sorted(tensors)}))
+
+
+def _load_outer(outer: torch.optim.Optimizer, path: Path) -> None:
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    doc = json.loads(path.with_suffix(".json").read_text())
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    outer.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+
+
+@dataclass
+class Progress:
+    """What a run has done so far (``progress.json``)."""
+
+    seed: int
+    config: dict
+    iteration: int = 0
+    best_acc: float = -1.0
+    best_iteration: int = -1
+    #: Validation of the zero-head network (exactly Adam) and of the starting network.
+    baseline: dict = field(default_factory=dict)
+    initial: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def meta_train(
+    out: str | Path,
+    config: MetaTrainConfig = MetaTrainConfig(),
+    seed: int = 0,
+    minutes: float | None = None,
+    resume: bool = False,
+    command: str = "",
+    on_iteration: Callable[[Progress, float], None] | None = None,
+) -> Progress:
+    """Run (or resume) meta-training into ``out``; returns the final :class:`Progress`.
+
+    ``out`` receives ``last.*`` (weights, outer Adam state, ``progress.json``) after every
+    iteration and ``best.safetensors`` + ``best.json`` (an ordinary checkpoint, with provenance)
+    whenever validation improves. ``minutes`` stops the run early, resumable with ``resume``.
+    Validation of the zero-head network (exactly Adam) is the recorded ``baseline``, that of the
+    starting network (see ``gate_init``) ``initial``; ``best`` is only written when meta-training
+    beats the start.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    graph = StepGraph(config.network)
+    if config.gate_init:
+        graph.network.init_importance_gate(config.gate_init)
+    outer = torch.optim.Adam(graph.network.parameters(), lr=config.outer_lr)
+    specs = validation_specs(config, seed)
+    progress_path = out / "progress.json"
+    if resume and progress_path.is_file():
+        progress = Progress(**json.loads(progress_path.read_text()))
+        if progress.seed != seed or progress.config != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(f"{out} holds a run with another seed or config; use a new --out or the same settings")
+        graph.load_state_dict(load_checkpoint(out / "last")[0].state_dict())
+        _load_outer(outer, out / "last-outer")
+    else:
+        progress = Progress(seed=seed, config=json.loads(json.dumps(config.to_dict())))
+        progress.baseline = validate(StepGraph(config.network), specs)
+        progress.initial = validate(graph, specs)
+        progress.best_acc = progress.initial["acc"]
+    started = time.perf_counter()
+    elapsed_before = progress.seconds
+    while progress.iteration < config.iterations:
+        if minutes is not None and (time.perf_counter() - started) / 60.0 >= minutes:
+            break
+        it = progress.iteration
+        spec = config.family.sample(np.random.default_rng([seed, it]))
+        graph.train()
+        meta_loss = meta_step_problem(graph, outer, spec, config)
+        progress.iteration += 1
+        record = {"iteration": progress.iteration, "meta_loss": meta_loss}
+        if progress.iteration % config.validate_every == 0 or progress.iteration == config.iterations:
+            scores = validate(graph.eval(), specs)
+            record.update(val_acc=scores["acc"], val_bwt=scores["bwt"])
+            if scores["acc"] > progress.best_acc:
+                progress.best_acc, progress.best_iteration = scores["acc"], progress.iteration
+                save_checkpoint(graph, out / "best", _provenance(progress, config, scores, command))
+        progress.history.append(record)
+        progress.seconds = elapsed_before + time.perf_counter() - started
+        save_checkpoint(graph, out / "last", {"meta_trained": True, "partial": True, "iteration": progress.iteration})
+        _save_outer(outer, out / "last-outer")
+        progress_path.write_text(json.dumps(asdict(progress), indent=1))
+        if on_iteration is not None:
+            on_iteration(progress, meta_loss)
+    return progress
+
+
+def _provenance(progress: Progress, config: MetaTrainConfig, scores: dict, command: str) -> dict:
+    return {
+        "meta_trained": True,
+        "command": command,
+        "data": list(config.family.data),
+        "streams": list(config.family.streams),
+        "archs": list(config.family.archs),
+        "iteration": progress.iteration,
+        "iterations": config.iterations,
+        "seed": progress.seed,
+        "minutes": round(progress.seconds / 60.0, 1),
+        "date": _dt.date.today().isoformat(),
+        "validation_acc": round(scores["acc"], 4),
+        "validation_bwt": round(scores["bwt"], 4),
+        "adam_validation_acc": round(progress.baseline["acc"], 4),
+        "adam_validation_bwt": round(progress.baseline["bwt"], 4),
+    }
+
