@@ -4,6 +4,11 @@
 the state in window layout, and adds the updates to the parameters. ``backend="onnx"`` (the
 default) computes the step with onnxruntime from an optimizer file; ``backend="torch"`` computes
 the same function with the PyTorch :class:`~lto_core.StepGraph` of a checkpoint.
+
+Where the state lives: in host memory, except when every parameter is on one CUDA device and the
+onnx session runs there (``providers="auto"`` with ``onnxruntime-gpu``); then the engine's buffers
+and state are CUDA tensors (:class:`TorchBuffers`) bound to onnxruntime by address, and no
+gradient, parameter or state crosses to the host during a step.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from lto_runtime import STATE_NAMES, OptimizerSession, StepEngine, hyper_row
+from lto_runtime import STATE_NAMES, OptimizerSession, StepEngine, StepFunction, hyper_row
 
 #: Execution strategies of the step: onnxruntime running an optimizer file, or the PyTorch step graph.
 BACKENDS = ("onnx", "torch")
@@ -27,6 +32,101 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype != torch.float32:
         tensor = tensor.float()
     return tensor.cpu().numpy()
+
+
+class TorchBuffers:
+    """:class:`~lto_runtime.Buffers` as float32 torch tensors on ``device``: a device-resident engine.
+
+    onnxruntime reads and writes these tensors in place through their ``data_ptr()``.
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A new zero-filled float32 tensor on the device."""
+        return torch.zeros(shape, dtype=torch.float32, device=self.device)
+
+    def upload(self, host: np.ndarray) -> torch.Tensor:
+        """``host`` as a contiguous float32 tensor on the device."""
+        return torch.from_numpy(np.ascontiguousarray(host, dtype=np.float32)).to(self.device)
+
+    def download(self, array: torch.Tensor) -> np.ndarray:
+        """``array`` copied to a host NumPy array."""
+        return array.detach().cpu().numpy()
+
+    def nonfinite(self, arrays: Sequence[torch.Tensor | None]) -> list[int]:
+        """Indices of the tensors (``None`` skipped) holding NaN or Inf; one device-to-host read of flags."""
+        present = [(i, a) for i, a in enumerate(arrays) if a is not None]
+        if not present:
+            return []
+        finite = torch.stack([torch.isfinite(a).all() for _, a in present]).tolist()
+        return [i for (i, _), ok in zip(present, finite) if not ok]
+
+    def synchronize(self) -> None:
+        """Wait for torch's CUDA stream: onnxruntime reads the buffers on a stream of its own."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+
+
+def resident_device(step_function: StepFunction, params: Sequence[torch.Tensor]) -> torch.device | None:
+    """The CUDA device to keep the engine on, or ``None`` for host memory.
+
+    Device-resident when the step runs in an onnxruntime session on CUDA and every parameter lives
+    on one CUDA device; otherwise gradients and parameters are read through host NumPy views.
+    """
+    devices = {p.device for p in params}
+    if not isinstance(step_function, OptimizerSession) or "CUDAExecutionProvider" not in step_function.providers:
+        return None
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        return None
+    return next(iter(devices))
+
+
+def build_engine(
+    step_function: StepFunction, params: Sequence[torch.Tensor], *, window: int, chunk: int, max_batch_windows: int
+) -> StepEngine:
+    """A :class:`~lto_runtime.StepEngine` for ``params``, on their CUDA device when
+    :func:`resident_device` allows it, else in host memory."""
+    device = resident_device(step_function, params)
+    shapes = [tuple(p.shape) for p in params]
+    if device is None:
+        return StepEngine(step_function, shapes, window=window, chunk=chunk, max_batch_windows=max_batch_windows)
+    return StepEngine(
+        step_function.on_device("cuda", device.index or 0),
+        shapes,
+        window=window,
+        chunk=chunk,
+        max_batch_windows=max_batch_windows,
+        buffers=TorchBuffers(device),
+    )
+
+
+@torch.no_grad()
+def step_tensors(engine: StepEngine, grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor], hyper: np.ndarray) -> list[int]:
+    """One engine step over torch tensors, adding the updates to ``params`` in place.
+
+    With host buffers the engine reads float32 NumPy views of the tensors (copies only for other
+    dtypes or devices); with :class:`TorchBuffers` it reads the tensors themselves.
+
+    Returns:
+        Indices of tensors whose gradient holds NaN or Inf; nothing changed then.
+    """
+    view = (lambda t: t.detach()) if isinstance(engine.buffers, TorchBuffers) else _as_numpy
+    pending: dict[int, torch.Tensor] = {}
+
+    def apply(index: int, start: int, stop: int, update) -> None:
+        param = params[index]
+        values = torch.as_tensor(update, device=param.device)
+        if param.is_contiguous():
+            param.view(-1)[start:stop].add_(values)
+        else:
+            pending.setdefault(index, torch.zeros(param.numel(), device=param.device))[start:stop] = values
+
+    bad = engine.step([None if g is None else view(g) for g in grads], [view(p) for p in params], hyper, apply)
+    for index, update in pending.items():
+        params[index].add_(update.view(params[index].shape))
+    return bad
 
 
 def _make_step_function(backend: str, onnx_path, checkpoint, providers):
@@ -58,7 +158,8 @@ class LTO(torch.optim.Optimizer):
         onnx_path: optimizer file for ``backend="onnx"``; ``None`` for the packaged default.
         checkpoint: ``.safetensors`` checkpoint for ``backend="torch"``; ``None`` for the default.
         backend: ``"onnx"`` (onnxruntime) or ``"torch"`` (same function in PyTorch).
-        providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA when available).
+        providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA when it really loads, else
+            CPU; or a list). The providers in use are ``opt.runtime.providers``.
         max_batch_windows: windows per step-function call; bounds the step's extra memory.
 
     Call :meth:`task_boundary` when one task ends and the next begins. Gradients with NaN or Inf
@@ -117,13 +218,7 @@ class LTO(torch.optim.Optimizer):
             a is b for a, b in zip(params, self._engine_params)
         ):
             return self._engine
-        engine = StepEngine(
-            self.runtime,
-            [tuple(p.shape) for p in params],
-            window=self._window,
-            chunk=self._chunk,
-            max_batch_windows=self.max_batch_windows,
-        )
+        engine = build_engine(self.runtime, params, window=self._window, chunk=self._chunk, max_batch_windows=self.max_batch_windows)
         if self._engine is not None:
             old = {id(p): i for i, p in enumerate(self._engine_params)}
             for i, p in enumerate(params):
@@ -149,7 +244,7 @@ class LTO(torch.optim.Optimizer):
             index -= len(group["params"])
         raise IndexError(index)
 
-    def _gradients(self, params: list[torch.Tensor]) -> list[np.ndarray | None]:
+    def _gradients(self, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
         for i, p in enumerate(params):
             if p.grad is None:
                 continue
@@ -157,9 +252,8 @@ class LTO(torch.optim.Optimizer):
                 raise RuntimeError(f"LTO does not support sparse gradients ({self._tensor_name(i)}); use dense gradients")
             if p.grad.is_complex() or p.is_complex():
                 raise RuntimeError(f"LTO does not support complex parameters or gradients ({self._tensor_name(i)})")
-        return [None if p.grad is None else _as_numpy(p.grad) for p in params]
+        return [p.grad for p in params]
 
-    @torch.no_grad()
     def _apply_step(self) -> None:
         engine = self._sync_engine()
         params = self._engine_params
@@ -171,19 +265,7 @@ class LTO(torch.optim.Optimizer):
                 for _ in group["params"]
             ]
         )
-        pending: dict[int, torch.Tensor] = {}
-
-        def apply(index: int, start: int, stop: int, update: np.ndarray) -> None:
-            param = params[index]
-            values = torch.from_numpy(update).to(param.device)
-            if param.is_contiguous():
-                param.view(-1)[start:stop].add_(values)
-            else:
-                pending.setdefault(index, torch.zeros(param.numel(), device=param.device))[start:stop] = values
-
-        bad = engine.step(grads, [_as_numpy(p) for p in params], hyper, apply)
-        for index, update in pending.items():
-            params[index].add_(update.view(params[index].shape))
+        bad = step_tensors(engine, grads, params, hyper)
         if bad:
             names = ", ".join(self._tensor_name(i) for i in bad)
             warnings.warn(f"LTO: non-finite gradient in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=3)

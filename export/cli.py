@@ -39,32 +39,40 @@ def demo(tasks: int, iters: int, lr: float, seed: int) -> None:
 
 
 def _provenance(meta_train: dict) -> str:
+    """One line on where the file's network came from, from its ``lto.meta_train`` record."""
     if not meta_train.get("meta_trained", False):
-        return "NOT meta-trained: zero output head, computes exactly Adam"
+        note = meta_train.get("note")
+        return "NOT meta-trained" + (f" ({note})" if note else "")
     return "meta-trained: " + ", ".join(f"{k}={v}" for k, v in sorted(meta_train.items()) if k != "meta_trained")
 
 
 @main.command("export")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint .safetensors (default: the packaged one).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the .onnx file.")
-def export_cmd(checkpoint: str | None, out: str) -> None:
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Where to write the .onnx file.")
+@click.option("--as-default", is_flag=True, help="Make this the packaged default: copy the checkpoint beside lto_core and write lto_runtime/models/default.onnx.")
+def export_cmd(checkpoint: str | None, out: str | None, as_default: bool) -> None:
     """Export a checkpoint's step graph to one self-contained ONNX optimizer file."""
     from lto_core.checkpoint import DEFAULT_CHECKPOINT
-    from lto_export.onnx_export import export_onnx
+    from lto_export.onnx_export import export_onnx, install_default
 
-    path = export_onnx(out, checkpoint or DEFAULT_CHECKPOINT)
+    if as_default == (out is not None):
+        raise click.UsageError("give exactly one of --out FILE or --as-default")
+    if as_default:
+        if checkpoint is None:
+            raise click.UsageError("--as-default needs --checkpoint (the packaged default is already installed)")
+        path = install_default(checkpoint)
+    else:
+        path = export_onnx(out, checkpoint or DEFAULT_CHECKPOINT)
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
 
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False), required=False)
 def inspect(file: str | None) -> None:
-    """Print an optimizer file's metadata, inputs/outputs, size and the available providers.
+    """Print an optimizer file's metadata, inputs/outputs, size, and the onnxruntime install (see `lto doctor`).
 
     FILE defaults to the packaged default optimizer.
     """
-    import onnxruntime as ort
-
     from lto_runtime.model import default_model_path, read_optimizer_file
 
     path = Path(file) if file else default_model_path()
@@ -78,19 +86,53 @@ def inspect(file: str | None) -> None:
         for v in values:
             dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
             click.echo(f"  {kind} {v.name}: float32 {dims}")
-    click.echo(f"onnxruntime: {_ort_distribution()} {ort.__version__}; available providers: {', '.join(ort.get_available_providers())}")
+    for line in _runtime_report(path)[0]:
+        click.echo(line)
 
 
-def _ort_distribution() -> str:
-    from importlib import metadata
+def _runtime_report(path: Path | None) -> tuple[list[str], bool]:
+    """Lines on the onnxruntime install (distribution, providers, whether CUDA really loads), and
+    whether CUDA loads."""
+    import onnxruntime as ort
 
-    for dist in ("onnxruntime-gpu", "onnxruntime"):
-        try:
-            metadata.version(dist)
-            return dist
-        except metadata.PackageNotFoundError:
-            continue
-    return "onnxruntime (unknown distribution)"
+    from lto_runtime import cuda_status, onnxruntime_distributions
+
+    dists = onnxruntime_distributions()
+    lines = [
+        f"onnxruntime {ort.__version__} from distribution: {', '.join(dists) or 'unknown'}",
+        f"available providers: {', '.join(ort.get_available_providers())}",
+    ]
+    if len(dists) > 1:
+        lines.append(
+            f"CONFLICT: {' and '.join(dists)} are all installed; they share the onnxruntime/ folder and overwrite each other. "
+            "Fix: pip uninstall -y " + " ".join(dists) + " && pip install onnxruntime-gpu (or onnxruntime for CPU)"
+        )
+    loads, reason = cuda_status(path)
+    lines.append(f"CUDA loads: {'yes' if loads else 'no - ' + reason}")
+    lines.append(f"providers='auto' runs on: {'CUDAExecutionProvider' if loads else 'CPUExecutionProvider'}")
+    return lines, loads
+
+
+@main.command()
+def doctor() -> None:
+    """Check the onnxruntime install: distribution, providers, whether CUDA really loads, torch's GPU.
+
+    Exits with status 1 when both onnxruntime and onnxruntime-gpu are installed.
+    """
+    import torch
+
+    from lto_runtime import onnxruntime_distributions
+
+    lines, cuda_loads = _runtime_report(None)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"torch {torch.__version__}: CUDA {'available' if torch.cuda.is_available() else 'not available'}")
+    gpu_ready = cuda_loads and torch.cuda.is_available()
+    click.echo(f"zero-copy GPU steps (torch CUDA tensors, providers='auto'): {'yes' if gpu_ready else 'no'}")
+    if not gpu_ready:
+        click.echo("for a GPU: pip uninstall -y onnxruntime && pip install onnxruntime-gpu (needs CUDA and cuDNN the wheel was built for)")
+    if len(onnxruntime_distributions()) > 1:
+        sys.exit(1)
 
 
 def _load_or_exit(path, loader):
@@ -123,6 +165,51 @@ def validate(file: str, checkpoint: str | None, steps: int) -> None:
     click.echo(f"{'PASS' if report.passed else 'FAIL'} (tolerance {TOLERANCE:g})")
     if not report.passed:
         sys.exit(1)
+
+
+from lto_export.bench_cli import bench  # noqa: E402  (registered after the verbs defined above)
+
+main.add_command(bench)
+
+@main.command("meta-train")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoints, progress.json).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="JSON overriding MetaTrainConfig fields.")
+@click.option("--minutes", type=float, default=None, help="Stop after this many minutes (resume later with --resume).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--threads", default=1, show_default=True, help="torch threads (small inner models run best on one).")
+def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, seed: int, resume: bool, threads: int) -> None:
+    """Meta-train the update network on continual streams; keeps the best checkpoint by validation.
+
+    The result is OUT/best.safetensors (+ .json); ship it with
+    `lto export --checkpoint OUT/best.safetensors --as-default`.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from lto_core.meta_train import MetaTrainConfig, meta_train
+
+    torch.set_num_threads(threads)
+    config = MetaTrainConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else MetaTrainConfig()
+    command = "lto meta-train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["meta-train"] else "lto meta-train"
+    bar = tqdm(total=config.iterations, desc="meta-train", unit="problem", dynamic_ncols=True)
+
+    def report(progress, meta_loss: float) -> None:
+        bar.n = progress.iteration
+        last_val = next((h for h in reversed(progress.history) if "val_acc" in h), None)
+        shown = {"meta_loss": f"{meta_loss:.3f}"}
+        if last_val:
+            shown.update(val_acc=f"{last_val['val_acc']:.3f}", val_bwt=f"{last_val['val_bwt']:+.3f}")
+        shown.update(adam_acc=f"{progress.baseline['acc']:.3f}")
+        bar.set_postfix(shown)
+
+    progress = meta_train(out, config, seed=seed, minutes=minutes, resume=resume, command=command, on_iteration=report)
+    bar.close()
+    click.echo(f"iterations {progress.iteration}/{config.iterations} in {progress.seconds / 60:.1f} min")
+    click.echo(f"validation (held-out problems): Adam ACC {progress.baseline['acc']:.3f} BWT {progress.baseline['bwt']:+.3f}")
+    if progress.best_iteration > 0:
+        best = next(h for h in progress.history if h["iteration"] == progress.best_iteration)
+        click.echo(f"best: iteration {progress.best_iteration}, ACC {best['val_acc']:.3f} BWT {best['val_bwt']:+.3f} -> {Path(out) / 'best.safetensors'}")
 
 
 if __name__ == "__main__":

@@ -105,14 +105,20 @@ def load_npz(path: str | Path) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} not found (expected a local .npz with x_train, y_train, x_test, y_test)")
     try:
-        raw = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"data file {path} is not a readable .npz: {err}") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in raw.files]
-    if missing:
-        raise ValueError(f"data file {path} lacks {missing}; it needs x_train, y_train, x_test, y_test (has {raw.files})")
-    x_train, x_test = raw["x_train"], raw["x_test"]
-    y_train, y_test = raw["y_train"].reshape(-1), raw["y_test"].reshape(-1)
+        with np.load(path, allow_pickle=False) as raw:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in raw.files]
+            if missing:
+                raise ValueError(f"data file {path} lacks {missing}; it needs x_train, y_train, x_test, y_test (has {raw.files})")
+            x_train, x_test = raw["x_train"], raw["x_test"]
+            y_train, y_test = raw["y_train"].reshape(-1), raw["y_test"].reshape(-1)
+    except ValueError as err:
+        if str(err).startswith(f"data file {path}"):
+            raise
+        raise ValueError(f"data file {path} is not a .npz of plain numeric arrays ({type(err).__name__}); "
+                         "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)") from None
+    except (OSError, EOFError) as err:
+        raise ValueError(f"data file {path} is not a readable .npz ({type(err).__name__}); "
+                         "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)") from None
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError(f"data file {path}: x and y lengths differ ({len(x_train)}/{len(y_train)} train, {len(x_test)}/{len(y_test)} test)")
     if x_train.shape[1:] != x_test.shape[1:] or x_train.ndim < 2:

@@ -48,7 +48,7 @@ class Family:
     scenarios: tuple[str, ...] = ("task", "domain")
     archs: tuple[str, ...] = ("mlp", "cnn")
     tasks: tuple[int, int] = (3, 5)
-    steps_per_task: tuple[int, int] = (40, 150)
+    steps_per_task: tuple[int, int] = (40, 400)
     lr: tuple[float, float] = (3e-4, 3e-3)
     batch_size: int = 32
 

@@ -18,7 +18,7 @@ from torch import nn
 #: Per-element input features (see :func:`lto_core.step.element_features`).
 ELEMENT_FEATURES: tuple[str, ...] = ("grad", "adam_dir", "importance", "drift", "param", "curvature")
 #: Per-window inputs besides the static descriptors (see :func:`lto_core.step.window_context`).
-STEP_FEATURES: tuple[str, ...] = ("log_step", "log_steps_since_boundary")
+STEP_FEATURES: tuple[str, ...] = ("step_fraction", "since_boundary_fraction")
 
 
 @dataclass(frozen=True)

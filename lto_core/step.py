@@ -122,8 +122,13 @@ def element_features(
 
 
 def window_context(ctx: torch.Tensor, step: torch.Tensor, since: torch.Tensor) -> torch.Tensor:
-    """Per-window network input ``[B, K+2]``: descriptors plus ``log(1+t)/8``, ``log(1+t_b)/8``."""
-    return torch.cat([ctx, torch.log1p(step) / 8.0, torch.log1p(since) / 8.0], dim=1)
+    """Per-window network input ``[B, K+2]``: descriptors plus ``t/(t+1000)`` and ``t_b/(t_b+100)``.
+
+    ``t`` counts steps, ``t_b`` steps since the last task boundary. Both features saturate, so a
+    run far longer than the meta-training unrolls stays inside the range the network was trained
+    on instead of extrapolating (an unbounded ``log t`` did, and hurt 500-step tasks).
+    """
+    return torch.cat([ctx, step / (step + 1000.0), since / (since + 100.0)], dim=1)
 
 
 def modulated_update(

@@ -5,27 +5,77 @@ parameters of the chunk's tensors into reusable window buffers, runs the step fu
 onnxruntime session, or any object with the same ``run(inputs, outputs)``), and hands the
 chunk's updates to the caller, who adds them to its parameters. Extra memory beyond the state is
 a fixed set of chunk-sized buffers, whatever the model size.
+
+The buffers and the state are NumPy arrays in host memory by default (:class:`HostBuffers`). A
+front end can keep them on its framework's device instead by passing ``buffers=`` together with a
+step function bound to that device (:meth:`~lto_runtime.OptimizerSession.on_device`); the torch
+adapter does so for CUDA tensors. This module never imports a framework.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from lto_runtime.format import HYPER_NAMES, SCALAR_NAMES, STATE_NAMES
 from lto_runtime.layout import Chunk, TokenLayout
 
-#: ``apply(tensor_index, start, stop, update)``: add ``update`` (float32, 1-D) to the tensor's
-#: flat elements ``[start, stop)``.
-ApplyFn = Callable[[int, int, int, np.ndarray], None]
+#: ``apply(tensor_index, start, stop, update)``: add ``update`` (float32, 1-D, a view of the
+#: engine's buffers: NumPy with :class:`HostBuffers`) to the tensor's flat elements ``[start, stop)``.
+ApplyFn = Callable[[int, int, int, Any], None]
 
 
 class StepFunction(Protocol):
     """Anything that computes the step graph: reads ``inputs``, writes ``outputs`` in place."""
 
-    def run(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Compute the step for the windows in ``inputs`` and write ``update`` and ``new_state`` into ``outputs``."""
+
+
+class Buffers(Protocol):
+    """Where a :class:`StepEngine` keeps its window buffers and state, and how data gets there.
+
+    Arrays are float32 and support NumPy-style slicing, ``reshape`` and slice assignment.
+    """
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        """A new zero-filled float32 array."""
+
+    def upload(self, host: np.ndarray) -> Any:
+        """A C-contiguous float32 array holding ``host``, where the buffers live."""
+
+    def download(self, array: Any) -> np.ndarray:
+        """``array`` as a host NumPy array."""
+
+    def nonfinite(self, arrays: Sequence[Any]) -> list[int]:
+        """Indices of the arrays (``None`` entries skipped) holding NaN or Inf."""
+
+    def synchronize(self) -> None:
+        """Wait for pending writes to the buffers (before onnxruntime reads them on its own stream)."""
+
+
+class HostBuffers:
+    """The default :class:`Buffers`: NumPy arrays in host memory."""
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A new zero-filled float32 array."""
+        return np.zeros(shape, np.float32)
+
+    def upload(self, host: np.ndarray) -> np.ndarray:
+        """``host`` as a C-contiguous float32 array (no copy when it already is one)."""
+        return np.ascontiguousarray(host, dtype=np.float32)
+
+    def download(self, array: np.ndarray) -> np.ndarray:
+        """``array`` itself."""
+        return np.asarray(array)
+
+    def nonfinite(self, arrays: Sequence[np.ndarray | None]) -> list[int]:
+        """Indices of the arrays (``None`` entries skipped) holding NaN or Inf."""
+        return [i for i, a in enumerate(arrays) if a is not None and not np.isfinite(a).all()]
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: host arrays are written synchronously."""
 
 
 def hyper_row(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> np.ndarray:
@@ -49,7 +99,7 @@ def hyper_row(lr: float, betas: tuple[float, float], eps: float, weight_decay: f
     return np.array([lr, float(betas[0]), float(betas[1]), eps, weight_decay], dtype=np.float64)
 
 
-def flat_view(array: np.ndarray) -> np.ndarray:
+def flat_view(array: Any) -> Any:
     """1-D C-order view of ``array`` (a copy when ``array`` is not contiguous)."""
     return array.reshape(-1)
 
@@ -62,6 +112,8 @@ class StepEngine:
         shapes: shape of each tensor the engine optimizes.
         window: tokens per window ``W``; chunk: elements per token ``C`` (from the file's metadata).
         max_batch_windows: windows per session call; bounds memory.
+        buffers: where the window buffers and the state live (default :class:`HostBuffers`); the
+            step function must read and write buffers there.
     """
 
     def __init__(
@@ -72,8 +124,11 @@ class StepEngine:
         window: int,
         chunk: int,
         max_batch_windows: int = 256,
+        buffers: Buffers | None = None,
     ) -> None:
         self.step_function = step_function
+        #: Where the window buffers and the state live.
+        self.buffers: Buffers = HostBuffers() if buffers is None else buffers
         self.layout = TokenLayout(tuple(tuple(s) for s in shapes), window, chunk)
         self.chunks: tuple[Chunk, ...] = self.layout.chunks(max_batch_windows)
         count = len(self.layout.shapes)
@@ -83,18 +138,15 @@ class StepEngine:
         self.steps_since_boundary = np.zeros(count, dtype=np.int64)
         #: Tensors whose next step consolidates a task boundary.
         self.boundary_pending = np.zeros(count, dtype=bool)
-        self._ctx = self.layout.context()
+        self._ctx = self.buffers.upload(self.layout.context())
         per = self.layout.window_elements
         most = max((c.windows for c in self.chunks), default=0)
         slots = len(STATE_NAMES)
-        self._state = [np.zeros(slots * most * per, np.float32) for _ in self.chunks]
-        self._spare_state = np.zeros(slots * most * per, np.float32)
-        self._grad = np.zeros((most, window, chunk), np.float32)
-        self._param = np.zeros_like(self._grad)
-        self._mask = np.zeros_like(self._grad)
-        self._update = np.zeros_like(self._grad)
+        self._state = [self.buffers.zeros((slots * most * per,)) for _ in self.chunks]
+        self._spare_state = self.buffers.zeros((slots * most * per,))
+        self._grad, self._param, self._mask, self._update = (self.buffers.zeros((most, window, chunk)) for _ in range(4))
 
-    def _state_view(self, flat: np.ndarray, chunk: Chunk) -> np.ndarray:
+    def _state_view(self, flat: Any, chunk: Chunk) -> Any:
         per = self.layout.window_elements
         return flat[: len(STATE_NAMES) * chunk.windows * per].reshape(
             len(STATE_NAMES), chunk.windows, self.layout.window, self.layout.chunk
@@ -106,8 +158,8 @@ class StepEngine:
 
     def step(
         self,
-        grads: Sequence[np.ndarray | None],
-        params: Sequence[np.ndarray],
+        grads: Sequence[Any],
+        params: Sequence[Any],
         hyper: np.ndarray,
         apply: ApplyFn,
     ) -> list[int]:
@@ -116,6 +168,7 @@ class StepEngine:
         Args:
             grads: gradient of each tensor, or ``None`` to leave the tensor (and its state) alone.
             params: current value of each tensor (any float dtype; computed in float32).
+                Both are arrays the engine's buffers accept: NumPy with :class:`HostBuffers`.
             hyper: ``[tensors, len(HYPER_NAMES)]`` rows of lr, beta1, beta2, eps, weight_decay.
             apply: receives the updates (see :data:`ApplyFn`).
 
@@ -125,7 +178,7 @@ class StepEngine:
         """
         if len(grads) != len(self.layout.shapes) or len(params) != len(self.layout.shapes):
             raise ValueError(f"expected {len(self.layout.shapes)} gradients and parameters, got {len(grads)} and {len(params)}")
-        nonfinite = [i for i, g in enumerate(grads) if g is not None and not np.isfinite(g).all()]
+        nonfinite = self.buffers.nonfinite(grads)
         if nonfinite:
             return nonfinite
         scalars = self._advance_counters(np.array([g is not None for g in grads]), hyper)
@@ -173,9 +226,10 @@ class StepEngine:
             "param": param,
             "mask": mask,
             "state": state,
-            "scalars": np.ascontiguousarray(scalars),
+            "scalars": self.buffers.upload(scalars),
             "ctx": self._ctx[chunk.first_window : chunk.first_window + b],
         }
+        self.buffers.synchronize()
         self.step_function.run(inputs, {"update": self._update[:b], "new_state": new_state})
         self._state[k], self._spare_state = self._spare_state, self._state[k]
 
@@ -195,7 +249,7 @@ class StepEngine:
         slots = np.zeros((len(STATE_NAMES), numel), np.float32)
         for k, chunk, piece in self._tensor_pieces(index):
             flat = self._state_view(self._state[k], chunk).reshape(len(STATE_NAMES), -1)
-            slots[:, piece.start : piece.stop] = flat[:, piece.offset : piece.offset + piece.stop - piece.start]
+            slots[:, piece.start : piece.stop] = self.buffers.download(flat[:, piece.offset : piece.offset + piece.stop - piece.start])
         out: dict[str, np.ndarray | int | bool] = {n: slots[i].reshape(shape) for i, n in enumerate(STATE_NAMES)}
         out["step"] = int(self.steps[index])
         out["steps_since_boundary"] = int(self.steps_since_boundary[index])
@@ -220,7 +274,7 @@ class StepEngine:
         for k, chunk, piece in self._tensor_pieces(index):
             flat = self._state_view(self._state[k], chunk).reshape(len(STATE_NAMES), -1)
             for i, value in enumerate(slots):
-                flat[i, piece.offset : piece.offset + piece.stop - piece.start] = value[piece.start : piece.stop]
+                flat[i, piece.offset : piece.offset + piece.stop - piece.start] = self.buffers.upload(value[piece.start : piece.stop])
         self.steps[index] = int(state["step"])
         self.steps_since_boundary[index] = int(state["steps_since_boundary"])
         self.boundary_pending[index] = bool(state["boundary_pending"])

@@ -1,8 +1,11 @@
-"""Opening an optimizer file: validation, metadata and the onnxruntime session.
+"""Opening an optimizer file: validation, metadata, execution providers and the onnxruntime session.
 
 A file is refused, with :class:`OptimizerFileError` naming the file and the reason, when it is not
 ONNX, fails ``onnx.checker``, keeps weights in external data, lacks or has an unknown
 ``lto.format``, or its inputs and outputs do not match its own metadata.
+
+A session runs the step on the caller's buffers in place (IOBinding by address), in host memory or
+on a CUDA device: one code path, with the device as an argument (:meth:`OptimizerSession.run`).
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -164,24 +168,100 @@ def read_optimizer_file(path: str | os.PathLike) -> tuple[onnx.ModelProto, Optim
     return model, spec
 
 
-def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
+#: Provider names accepted in ``providers=[...]``: a name, or ``(name, options)`` as onnxruntime takes.
+ProviderSpec = str | tuple[str, dict]
+
+#: DLPack device type codes (``__dlpack_device__()``) of the devices a run can bind buffers on.
+DLPACK_DEVICES: dict[str, int] = {"cpu": 1, "cuda": 2}
+
+_HOST = (DLPACK_DEVICES["cpu"], 0)
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def _provider_name(provider: ProviderSpec) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
+def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> list[ProviderSpec]:
     """Execution providers to ask onnxruntime for.
 
-    ``None`` means CPU. ``"auto"`` means CUDA first when onnxruntime offers it (the
-    ``onnxruntime-gpu`` distribution with a usable GPU), else CPU. A list is passed through.
+    ``None`` means CPU. ``"auto"`` means CUDA first when this onnxruntime offers it (the
+    ``onnxruntime-gpu`` distribution), else CPU; whether CUDA really loads is only known once a
+    session exists, so :class:`OptimizerSession` checks ``session.get_providers()`` and falls back
+    to CPU when it did not. A list (of names, or ``(name, options)`` pairs) is passed through.
+
+    Raises:
+        ValueError: an unknown string, or a provider this onnxruntime does not offer.
     """
     available = ort.get_available_providers()
     if providers is None:
-        return ["CPUExecutionProvider"]
+        return [_CPU]
     if providers == "auto":
-        chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
-        return chosen + ["CPUExecutionProvider"]
+        return ([_CUDA] if _CUDA in available else []) + [_CPU]
     if isinstance(providers, str):
         raise ValueError(f"providers must be None, 'auto' or a list of provider names, got {providers!r}")
-    unknown = [p for p in providers if p not in available]
+    names = [_provider_name(p) for p in providers]
+    unknown = [p for p in names if p not in available]
     if unknown:
-        raise ValueError(f"providers {unknown} are not available in this onnxruntime; available: {available}")
+        raise ValueError(f"providers {unknown} are not available in this onnxruntime; available: {available} (see `lto doctor`)")
+    if not names:
+        raise ValueError("providers is an empty list; pass None for CPU or 'auto'")
     return list(providers)
+
+
+def onnxruntime_distributions() -> list[str]:
+    """Installed distributions that provide the ``onnxruntime`` import folder.
+
+    Normally one: ``onnxruntime`` (CPU) or ``onnxruntime-gpu``. Two means both are installed and
+    overwrite each other's files in the same ``onnxruntime/`` folder.
+    """
+    return sorted(set(metadata.packages_distributions().get("onnxruntime", [])))
+
+
+def cuda_status(path: str | os.PathLike | None = None) -> tuple[bool, str]:
+    """Whether onnxruntime really runs the optimizer file ``path`` (default: the packaged one) on CUDA.
+
+    Returns:
+        ``(True, "")`` when a session created with the CUDA provider keeps it, else ``(False, reason)``.
+    """
+    if _CUDA not in ort.get_available_providers():
+        return False, "this onnxruntime has no CUDAExecutionProvider: it is the CPU-only distribution"
+    model, _ = read_optimizer_file(default_model_path() if path is None else path)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=[_CUDA, _CPU])
+    if _CUDA not in session.get_providers():
+        return False, "CUDAExecutionProvider is listed but did not load (no GPU, or the CUDA/cuDNN libraries it needs are missing)"
+    return True, ""
+
+
+def _buffer_pointer(name: str, array: Any, device_type: str, device_id: int) -> int:
+    """Address of ``array``'s first element, after checking it can be bound as it is.
+
+    ``array`` is a NumPy array (host memory) or a tensor with ``data_ptr()`` and
+    ``is_contiguous()`` (torch) that tells where it lives through the DLPack protocol
+    (``__dlpack_device__``), so nothing here imports a framework.
+    """
+    if isinstance(array, np.ndarray):
+        where, pointer, contiguous, dtype = _HOST, array.ctypes.data, array.flags.c_contiguous, array.dtype.name
+    else:
+        try:
+            where = tuple(int(x) for x in array.__dlpack_device__())
+            pointer, contiguous, dtype = array.data_ptr(), array.is_contiguous(), str(array.dtype).removeprefix("torch.")
+        except AttributeError:
+            raise TypeError(f"{name!r} is a {type(array).__name__}; bind a NumPy array or a torch tensor") from None
+    if where != (DLPACK_DEVICES[device_type], device_id):
+        raise ValueError(
+            f"{name!r} lives on DLPack device {where}, but this run binds {device_type}:{device_id} "
+            f"(DLPack {(DLPACK_DEVICES[device_type], device_id)}); put every buffer on the run's device"
+        )
+    if dtype != "float32" or not contiguous:
+        raise ValueError(
+            f"{name!r} is {dtype}, contiguous={contiguous}; the runtime binds buffers in place and never copies, "
+            "so pass C-contiguous float32 buffers"
+        )
+    return pointer
 
 
 class OptimizerSession:
@@ -194,32 +274,86 @@ class OptimizerSession:
 
     Attributes:
         spec: the file's metadata.
-        providers: the providers the session really uses (``session.get_providers()``).
+        providers: the providers the session really uses (``session.get_providers()``), logged
+            once at creation on the ``lto_runtime`` logger.
+
+    Raises:
+        RuntimeError: ``providers`` named CUDA explicitly and onnxruntime could not load it.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, providers: str | Sequence[str] | None = None, threads: int = 0) -> None:
+    def __init__(
+        self, path: str | os.PathLike | None = None, providers: str | Sequence[ProviderSpec] | None = None, threads: int = 0
+    ) -> None:
         model, self.spec = read_optimizer_file(default_model_path() if path is None else path)
+        requested = resolve_providers(providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         # A spinning onnxruntime thread pool steals the cores the training framework needs between steps.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=options, providers=resolve_providers(providers)
-        )
+        self.session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=requested)
         self.providers: list[str] = self.session.get_providers()
+        missing = [p for p in map(_provider_name, requested) if p not in self.providers]
+        if missing and providers != "auto":
+            raise RuntimeError(
+                f"providers={providers!r} asked for {missing}, but onnxruntime could not load them and fell back to "
+                f"{self.providers}; run `lto doctor` to see why, or pass providers='auto' to fall back to CPU quietly"
+            )
+        if missing:
+            logger.info("lto: %s is available but did not load (see `lto doctor`); using %s", missing[0], self.providers[0])
         logger.info("lto: %s runs on %s", self.spec.path, self.providers[0])
 
-    def run(self, inputs: dict, outputs: dict) -> None:
-        """Run one step, reading ``inputs`` and writing ``outputs`` in place.
+    def run(self, inputs: dict[str, Any], outputs: dict[str, Any], device_type: str = "cpu", device_id: int = 0) -> None:
+        """Run one step, reading ``inputs`` and writing ``outputs`` in place, on one device.
 
-        Every array is bound by its buffer address (IOBinding), so onnxruntime reads the caller's
-        memory and writes the outputs where the caller wants them: no copies either way. Arrays
-        must be C-contiguous float32 NumPy arrays.
+        Every buffer is bound by its address (IOBinding), so onnxruntime reads the caller's memory
+        and writes the outputs where the caller wants them: no copies either way, and with
+        ``device_type="cuda"`` nothing crosses to the host. Buffers are C-contiguous float32 NumPy
+        arrays or torch tensors living on ``device_type:device_id``.
+
+        Raises:
+            ValueError: unknown device, a buffer on another device, or a non-contiguous or
+                non-float32 buffer (nothing is run then).
         """
+        if device_type not in DLPACK_DEVICES:
+            raise ValueError(f"device_type must be one of {list(DLPACK_DEVICES)}, got {device_type!r}")
         binding = self.session.io_binding()
         for name, array in inputs.items():
-            binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            pointer = _buffer_pointer(name, array, device_type, device_id)
+            binding.bind_input(name, device_type, device_id, np.float32, tuple(array.shape), pointer)
         for name, array in outputs.items():
-            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            pointer = _buffer_pointer(name, array, device_type, device_id)
+            binding.bind_output(name, device_type, device_id, np.float32, tuple(array.shape), pointer)
         self.session.run_with_iobinding(binding)
+
+    def on_device(self, device_type: str, device_id: int = 0) -> DeviceStep:
+        """This session as a step function whose buffers live on ``device_type:device_id``.
+
+        Raises:
+            ValueError: ``device_type`` is ``"cuda"`` but the session does not run on that GPU.
+        """
+        if device_type not in DLPACK_DEVICES:
+            raise ValueError(f"device_type must be one of {list(DLPACK_DEVICES)}, got {device_type!r}")
+        if device_type == "cuda":
+            if _CUDA not in self.providers:
+                raise ValueError(f"buffers on cuda:{device_id} need a session on CUDA, this one runs on {self.providers}; pass providers='auto'")
+            session_gpu = int(self.session.get_provider_options()[_CUDA].get("device_id", 0))
+            if session_gpu != device_id:
+                raise ValueError(
+                    f"buffers live on cuda:{device_id}, the session runs on cuda:{session_gpu}; "
+                    f"pass providers=[('CUDAExecutionProvider', {{'device_id': {device_id}}})]"
+                )
+        return DeviceStep(self, device_type, device_id)
+
+
+@dataclass(frozen=True)
+class DeviceStep:
+    """An :class:`OptimizerSession` bound to one device: a step function for device-resident buffers."""
+
+    session: OptimizerSession
+    device_type: str
+    device_id: int
+
+    def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        """:meth:`OptimizerSession.run` on this device."""
+        self.session.run(inputs, outputs, self.device_type, self.device_id)

@@ -23,16 +23,25 @@ PACKAGES = ("lto_adapters", "lto_runtime", "lto_export", "lto_core")
 
 
 def _package_modules() -> list[tuple[str, Path]]:
-    """``(dotted name, source file)`` of every non-private module of :data:`PACKAGES`."""
+    """``(dotted name, source file)`` of every non-private module and subpackage of :data:`PACKAGES`."""
     found = []
     for package in PACKAGES:
         spec = importlib.util.find_spec(package)
         assert spec is not None and spec.submodule_search_locations, f"package {package} is not installed (pip install -e .)"
-        root = Path(next(iter(spec.submodule_search_locations)))
-        found.append((package, root / "__init__.py"))
-        for info in pkgutil.iter_modules([str(root)]):
-            if not info.name.startswith("_") and not info.ispkg:
-                found.append((f"{package}.{info.name}", root / f"{info.name}.py"))
+        found.extend(_walk(package, Path(next(iter(spec.submodule_search_locations)))))
+    return found
+
+
+def _walk(name: str, root: Path) -> list[tuple[str, Path]]:
+    """The package at ``root`` and its non-private modules and subpackages, recursively."""
+    found = [(name, root / "__init__.py")]
+    for info in pkgutil.iter_modules([str(root)]):
+        if info.name.startswith("_"):
+            continue
+        if info.ispkg:
+            found.extend(_walk(f"{name}.{info.name}", root / info.name))
+        else:
+            found.append((f"{name}.{info.name}", root / f"{info.name}.py"))
     return found
 
 

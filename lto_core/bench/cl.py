@@ -13,19 +13,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from lto_core.bench.common import (
     Method,
     Progress,
-    environment,
     format_mean_std,
     markdown_table,
-    plots_unavailable_message,
-    previous_records,
     rounded,
-    run_grid,
-    summarize,
-    write_json,
+    run_benchmark,
 )
+from lto_core.bench.plots import plot_cl
 from lto_core.continual import accuracy, run_stream
 from lto_core.data import load_dataset
 from lto_core.models import ARCHITECTURES, make_model
@@ -60,14 +58,22 @@ class CLConfig:
 
 
 def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, progress: Progress | None = None) -> dict[str, Any]:
-    """Train one fresh model through ``stream`` with ``method``; the record of that run."""
+    """Train one fresh model through ``stream`` with ``method``; the record of that run.
+
+    Keys: ``R`` (``T x T``, ``R[i][j]`` = test accuracy on task ``j`` after training task ``i``),
+    ``b`` (accuracies at initialization), ``ACC = mean_j R[T][j]``,
+    ``BWT = mean_{j<T} (R[T][j] - R[j][j])``, ``FWT = mean_{j>1} (R[j-1][j] - b_j)`` (GEM, 1-indexed),
+    ``seconds`` (training wall time, end-of-task evaluations and EWC's Fisher included, the
+    curve evaluations not), ``losses`` (every step's training loss, penalty included) and
+    ``curve`` (``steps`` and the accuracy on every task at each of them, from step 0).
+    """
     model = make_model(config.arch, stream.input_shape, stream.num_outputs, seed=seed)
     optimizer = method.make_optimizer(list(model.parameters()))
     regularizer = method.make_regularizer() if method.make_regularizer is not None else None
     steps: list[int] = []
     curve: list[list[float]] = []
 
-    def on_step(taken: int, trained) -> None:
+    def on_step(taken: int, trained: nn.Module) -> None:
         if progress is not None:
             progress(1)
         if taken % config.eval_every == 0:
@@ -120,24 +126,8 @@ def run_cl(
     progress: Progress | None = None,
     notes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark and write ``results.json``, ``results.md`` and the plots into ``out``.
-
-    ``results.json`` holds the configuration (with each method's settings and ``notes``), one
-    record per ``(optimizer, seed)`` (see :func:`run_cl_once`) and the summary over seeds. It is
-    rewritten after every run; with ``resume`` a run of the same configuration continues where it
-    stopped. Returns the final payload, with ``"table"`` (markdown) and ``"plots"`` (paths) or
-    ``"plots_skipped"`` (why there are none).
-    """
-    if not methods:
-        raise ValueError("no optimizers to benchmark; name at least one")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    settings = {name: m.settings for name, m in methods.items()}
-    full_config = {"benchmark": "cl", **asdict(config), "optimizers": settings, "notes": notes or {}}
-    done = previous_records(path, full_config, resume)
-    if progress is not None and done:
-        progress(len(done) * config.tasks * config.iters)
+    """Run the benchmark; write ``results.json``, ``results.md``, ``heatmaps.png``,
+    ``task_accuracy.png`` and ``loss.png`` into ``out`` (see :func:`~lto_core.bench.common.run_benchmark`)."""
 
     def prepare(seed: int) -> Stream:
         return make_stream(load_dataset(config.data, seed), config.stream, config.scenario, config.tasks, seed=seed)
@@ -145,26 +135,24 @@ def run_cl(
     def run_one(name: str, method: Method, seed: int, stream: Stream) -> dict[str, Any]:
         return run_cl_once(config, method, seed, stream, progress)
 
-    def save(records: list[dict[str, Any]], complete: bool) -> None:
-        write_json(path, {"config": full_config, "environment": environment(), "complete": complete, "records": records})
-
-    records = run_grid(methods, config.seeds, prepare, run_one, save, done)
-    summary = {name: summarize([r for r in records if r["optimizer"] == name], METRICS) for name in methods}
-    table = cl_table(summary)
-    payload = {"config": full_config, "environment": environment(), "complete": True, "records": records, "summary": summary}
     heading = (
         f"`lto bench cl`: {config.stream} {config.data}, {config.scenario}-incremental, {config.tasks} tasks x "
-        f"{config.iters} steps, {config.arch}, {config.seeds} seed(s); mean ± std over seeds\n\n"
+        f"{config.iters} steps, {config.arch}, {config.seeds} seed(s); mean ± std over seeds"
     )
-    (out / "results.md").write_text(heading + table)
-    missing = plots_unavailable_message()
-    if missing is None:
-        from lto_core.bench.plots import plot_cl
-
-        payload["plots"] = [str(p) for p in plot_cl(payload, out)]
-    else:
-        payload["plots_skipped"] = missing
-    write_json(path, payload)
-    payload["table"] = table
-    return payload
-
+    return run_benchmark(
+        "cl",
+        asdict(config),
+        methods,
+        out,
+        seeds=config.seeds,
+        steps_per_run=config.tasks * config.iters,
+        prepare=prepare,
+        run_one=run_one,
+        metrics=METRICS,
+        table=cl_table,
+        heading=heading,
+        plot=plot_cl,
+        resume=resume,
+        progress=progress,
+        notes=notes,
+    )

@@ -153,3 +153,61 @@ def run_grid(
     records.sort(key=lambda r: (order.get(r["optimizer"], len(order)), r["seed"]))
     save(records, True)
     return records
+
+
+def run_benchmark(
+    name: str,
+    config: dict[str, Any],
+    methods: dict[str, Method],
+    out: str | Path,
+    *,
+    seeds: int,
+    steps_per_run: int,
+    prepare: Callable[[int], Any],
+    run_one: Callable[[str, Method, int, Any], dict[str, Any]],
+    metrics: Sequence[str],
+    table: Callable[[dict[str, dict[str, dict[str, float]]]], str],
+    heading: str,
+    plot: Callable[[dict[str, Any], Path], list[Path]],
+    resume: bool = False,
+    progress: Progress | None = None,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``methods`` x ``seeds`` and write ``results.json``, ``results.md`` and plots into ``out``.
+
+    ``results.json`` holds the configuration (with each method's settings and ``notes``), the
+    environment, one record per ``(optimizer, seed)`` and the ``summary`` of ``metrics`` over
+    seeds. It is rewritten after every run; with ``resume`` a run of the same configuration
+    continues where it stopped. Returns the final payload plus ``"table"`` (markdown) and
+    ``"plots"`` (paths) or ``"plots_skipped"`` (why there are none).
+    """
+    if not methods:
+        raise ValueError("no optimizers to benchmark; name at least one")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    full_config = {
+        "benchmark": name,
+        **config,
+        "optimizers": {n: m.settings for n, m in methods.items()},
+        "notes": notes or {},
+    }
+    done = previous_records(path, full_config, resume)
+    if progress is not None and done:
+        progress(len(done) * steps_per_run)
+
+    def save(records: list[dict[str, Any]], complete: bool) -> None:
+        write_json(path, {"config": full_config, "environment": environment(), "complete": complete, "records": records})
+
+    records = run_grid(methods, seeds, prepare, run_one, save, done)
+    summary = {n: summarize([r for r in records if r["optimizer"] == n], metrics) for n in methods}
+    payload = {"config": full_config, "environment": environment(), "complete": True, "records": records, "summary": summary}
+    markdown = table(summary)
+    (out / "results.md").write_text(heading + "\n\n" + markdown)
+    missing = plots_unavailable_message()
+    if missing is None:
+        payload["plots"] = [str(p) for p in plot(payload, out)]
+    else:
+        payload["plots_skipped"] = missing
+    write_json(path, payload)
+    return {**payload, "table": markdown}

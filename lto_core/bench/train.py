@@ -18,16 +18,12 @@ from torch import nn
 from lto_core.bench.common import (
     Method,
     Progress,
-    environment,
     format_mean_std,
     markdown_table,
-    plots_unavailable_message,
-    previous_records,
     rounded,
-    run_grid,
-    summarize,
-    write_json,
+    run_benchmark,
 )
+from lto_core.bench.plots import plot_train
 from lto_core.continual import accuracy, run_stream
 from lto_core.data import Dataset, load_dataset
 from lto_core.models import ARCHITECTURES, make_model
@@ -124,20 +120,8 @@ def run_train(
     progress: Progress | None = None,
     notes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark and write ``results.json``, ``results.md`` and ``curves.png`` into ``out``.
-
-    Same file layout, resume and return value as :func:`lto_core.bench.cl.run_cl`.
-    """
-    if not methods:
-        raise ValueError("no optimizers to benchmark; name at least one")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    settings = {name: m.settings for name, m in methods.items()}
-    full_config = {"benchmark": "train", **asdict(config), "optimizers": settings, "notes": notes or {}}
-    done = previous_records(path, full_config, resume)
-    if progress is not None and done:
-        progress(len(done) * config.iters)
+    """Run the benchmark; write ``results.json``, ``results.md`` and ``curves.png`` into ``out``
+    (see :func:`~lto_core.bench.common.run_benchmark`)."""
 
     def prepare(seed: int) -> Stream:
         return single_task_stream(load_dataset(config.data, seed))
@@ -145,25 +129,24 @@ def run_train(
     def run_one(name: str, method: Method, seed: int, stream: Stream) -> dict[str, Any]:
         return run_train_once(config, method, seed, stream, progress)
 
-    def save(records: list[dict[str, Any]], complete: bool) -> None:
-        write_json(path, {"config": full_config, "environment": environment(), "complete": complete, "records": records})
-
-    records = run_grid(methods, config.seeds, prepare, run_one, save, done)
-    summary = {name: summarize([r for r in records if r["optimizer"] == name], METRICS) for name in methods}
-    table = train_table(summary)
-    payload = {"config": full_config, "environment": environment(), "complete": True, "records": records, "summary": summary}
     heading = (
         f"`lto bench train`: {config.data}, all classes in one task, {config.arch}, {config.iters} steps of "
-        f"batch {config.batch_size}, {config.seeds} seed(s); mean ± std over seeds\n\n"
+        f"batch {config.batch_size}, {config.seeds} seed(s); mean ± std over seeds"
     )
-    (out / "results.md").write_text(heading + table)
-    missing = plots_unavailable_message()
-    if missing is None:
-        from lto_core.bench.plots import plot_train
-
-        payload["plots"] = [str(p) for p in plot_train(payload, out)]
-    else:
-        payload["plots_skipped"] = missing
-    write_json(path, payload)
-    payload["table"] = table
-    return payload
+    return run_benchmark(
+        "train",
+        asdict(config),
+        methods,
+        out,
+        seeds=config.seeds,
+        steps_per_run=config.iters,
+        prepare=prepare,
+        run_one=run_one,
+        metrics=METRICS,
+        table=train_table,
+        heading=heading,
+        plot=plot_train,
+        resume=resume,
+        progress=progress,
+        notes=notes,
+    )

@@ -1,0 +1,286 @@
+"""The Keras 3 front end: :class:`LTO`, a ``keras.optimizers.Optimizer``, and the :class:`TaskBoundary` callback.
+
+``LTO`` runs the same ONNX step as the PyTorch and NumPy front ends, through one
+:class:`~lto_runtime.StepEngine` over all the model's trainable variables, so every framework gets
+the same numbers. Importing this module imports Keras; importing ``lto_adapters`` does not.
+
+Backends: ``torch`` (the engine reads the variables' tensors in place; on CUDA with
+``onnxruntime-gpu`` the state stays on the GPU, see :mod:`lto_adapters.torch`) and ``jax`` (the
+step runs on the host through ``jax.experimental.io_callback``, so it works inside ``jit``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+
+from lto_runtime import STATE_NAMES, OptimizerSession, StepEngine, hyper_row
+
+#: Keras backends ``LTO`` runs on.
+BACKENDS = ("torch", "jax")
+
+#: Prefix of the keys ``LTO`` adds to Keras' weight store, next to the base optimizer's ``"0"``, ``"1"``, ...
+STATE_KEY_PREFIX = "lto_"
+
+
+@keras.saving.register_keras_serializable(package="lto", name="LTO")
+class LTO(keras.optimizers.Optimizer):
+    """The lto learned optimizer for Keras 3: ``model.compile(optimizer=LTO(learning_rate=1e-3))``.
+
+    Args:
+        learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule`` or a callable;
+            the step scales with it, as in Adam.
+        beta_1, beta_2: Adam's moment decay rates.
+        epsilon: Adam's denominator term (``1e-8``, as the other lto front ends, so all agree).
+        onnx_path: optimizer file; ``None`` for the packaged default.
+        providers: onnxruntime providers: ``None`` (CPU), ``"auto"`` (CUDA when it really loads,
+            else CPU) or a list. The providers in use are ``opt.runtime.providers``.
+        max_batch_windows: windows per session call; bounds the step's extra memory.
+        **kwargs: the base optimizer's arguments (``weight_decay`` is decoupled, as in every Keras
+            optimizer; ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``use_ema``,
+            ``loss_scale_factor``, ``gradient_accumulation_steps`` (torch backend only), ``name``).
+
+    Where the state lives: per-element state (``exp_avg``, ``exp_avg_sq``, ``importance``,
+    ``anchor``) and the per-variable counters (step, steps since boundary, boundary pending) live
+    in the engine's window buffers (``opt.engine``), not in Keras variables; ``opt.variables``
+    holds only Keras' ``iteration`` and ``learning_rate``. :meth:`save_own_variables` and
+    :meth:`load_own_variables` write and read the engine state in Keras' weight store (keys
+    ``lto_state_<i>``: ``[4, *shape]`` float32 per trainable variable; ``lto_counters``:
+    ``[3, variables]`` int64), so ``model.save("m.keras")`` and ``keras.models.load_model`` resume
+    exactly.
+
+    Call :meth:`task_boundary` (or use the :class:`TaskBoundary` callback) when one task ends.
+    Gradients with NaN or Inf skip the step: a warning names the variable, and parameters and
+    engine state are unchanged (Keras' ``iterations`` still counts the step).
+
+    Example:
+        >>> model.compile(optimizer=LTO(learning_rate=1e-3), loss="sparse_categorical_crossentropy")
+        >>> model.fit(x_task1, y_task1, callbacks=[TaskBoundary()])
+        >>> model.fit(x_task2, y_task2, callbacks=[TaskBoundary()])
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | Any = 1e-3,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        *,
+        onnx_path: str | os.PathLike | None = None,
+        providers: str | Sequence[str] | None = None,
+        max_batch_windows: int = 256,
+        name: str = "lto",
+        **kwargs: Any,
+    ) -> None:
+        backend = keras.backend.backend()
+        if backend not in BACKENDS:
+            raise ValueError(f"LTO runs on the Keras backends {BACKENDS}; KERAS_BACKEND is {backend!r}. Set KERAS_BACKEND=torch or jax")
+        if backend == "jax" and kwargs.get("gradient_accumulation_steps"):
+            raise ValueError("gradient_accumulation_steps is not supported by LTO on the jax backend (the host step cannot be undone); use the torch backend")
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        # A schedule's learning rates are checked at every step; a float is checked now.
+        hyper_row(learning_rate if isinstance(learning_rate, float) else 0.0, (beta_1, beta_2), epsilon, 0.0)
+        if max_batch_windows < 1:
+            raise ValueError(f"Invalid max_batch_windows: {max_batch_windows}; must be >= 1")
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.onnx_path = None if onnx_path is None else str(onnx_path)
+        self._providers_request = providers if providers is None or isinstance(providers, str) else tuple(providers)
+        self.max_batch_windows = int(max_batch_windows)
+        #: The onnxruntime session; ``runtime.providers`` are the providers really in use.
+        self.runtime = OptimizerSession(self.onnx_path, self._providers_request)
+        self._engine: StepEngine | None = None
+
+    # -- engine ---------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> StepEngine:
+        """The :class:`~lto_runtime.StepEngine` holding the state of every trainable variable.
+
+        Raises:
+            RuntimeError: the optimizer is not built yet.
+        """
+        if self._engine is None:
+            raise RuntimeError("LTO is not built yet: train a step, or call optimizer.build(model.trainable_variables)")
+        return self._engine
+
+    def build(self, variables: Sequence[Any]) -> None:
+        """Create the engine for ``variables`` (called by Keras before the first step)."""
+        if self.built:
+            return
+        super().build(variables)
+        kwargs = dict(window=self.runtime.spec.window, chunk=self.runtime.spec.chunk, max_batch_windows=self.max_batch_windows)
+        if keras.backend.backend() == "torch":
+            from lto_adapters.torch import build_engine
+
+            self._engine = build_engine(self.runtime, [v.value for v in variables], **kwargs)
+        else:
+            self._engine = StepEngine(self.runtime, [tuple(v.shape) for v in variables], **kwargs)
+
+    def task_boundary(self) -> None:
+        """Signal the end of a task: the next step consolidates importance and re-anchors."""
+        self.engine.task_boundary()
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def _hyper(self, learning_rate: float) -> np.ndarray:
+        row = hyper_row(learning_rate, (self.beta_1, self.beta_2), self.epsilon, 0.0)
+        return np.tile(row, (len(self._trainable_variables), 1))
+
+    def _warn_nonfinite(self, bad: list[int]) -> None:
+        names = [self._trainable_variables[i].path for i in bad]
+        warnings.warn(f"LTO: non-finite gradient in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=4)
+
+    def _backend_update_step(self, grads: list, trainable_variables: list, learning_rate: Any) -> None:
+        """Step every variable at once through the engine (Keras calls this with the gradients it has)."""
+        index = [self._get_variable_index(v) for v in trainable_variables]
+        if keras.backend.backend() == "jax":
+            self._jax_update(grads, trainable_variables, index, learning_rate)
+            return
+        from lto_adapters.torch import step_tensors
+
+        full: list = [None] * len(self._trainable_variables)
+        for i, g in zip(index, grads):
+            full[i] = g
+        hyper = self._hyper(float(learning_rate))
+        bad = step_tensors(self.engine, full, [v.value for v in self._trainable_variables], hyper)
+        if bad:
+            self._warn_nonfinite(bad)
+
+    def _jax_update(self, grads: list, trainable_variables: list, index: list[int], learning_rate: Any) -> None:
+        """The step as an ordered host callback: works eagerly and under ``jax.jit``."""
+        import jax
+        from jax.experimental import io_callback
+
+        count = len(self._trainable_variables)
+
+        def host_step(lr, present_grads, all_params):
+            full: list = [None] * count
+            for i, g in zip(index, present_grads):
+                full[i] = np.asarray(g)
+            params = [np.array(p, dtype=np.float32) for p in all_params]
+
+            def apply(i: int, start: int, stop: int, update: np.ndarray) -> None:
+                params[i].reshape(-1)[start:stop] += update
+
+            bad = self.engine.step(full, params, self._hyper(float(lr)), apply)
+            if bad:
+                self._warn_nonfinite(bad)
+            return [params[i].astype(v.dtype) for i, v in zip(index, trainable_variables)]
+
+        shapes = [jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for v in trainable_variables]
+        new_values = io_callback(
+            host_step,
+            shapes,
+            keras.ops.convert_to_tensor(learning_rate),
+            list(grads),
+            [v.value for v in self._trainable_variables],
+            ordered=True,
+        )
+        for variable, value in zip(trainable_variables, new_values):
+            variable.assign(value)
+
+    # -- saving ---------------------------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments (with the base optimizer's), for ``from_config`` and ``.keras`` files."""
+        config = super().get_config()
+        providers = self._providers_request
+        config.update(
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+            epsilon=self.epsilon,
+            onnx_path=self.onnx_path,
+            providers=list(providers) if isinstance(providers, tuple) else providers,
+            max_batch_windows=self.max_batch_windows,
+        )
+        return config
+
+    def save_own_variables(self, store: Any) -> None:
+        """Write Keras' optimizer variables and the engine state (see the class docstring) to ``store``."""
+        super().save_own_variables(store)
+        if self._engine is None:
+            return
+        engine = self._engine
+        for i in range(len(self._trainable_variables)):
+            state = engine.tensor_state(i)
+            store[f"{STATE_KEY_PREFIX}state_{i}"] = np.stack([state[name] for name in STATE_NAMES])
+        store[f"{STATE_KEY_PREFIX}counters"] = np.stack(
+            [engine.steps, engine.steps_since_boundary, engine.boundary_pending.astype(np.int64)]
+        )
+
+    def load_own_variables(self, store: Any) -> None:
+        """Restore what :meth:`save_own_variables` wrote; everything is checked before anything changes.
+
+        Raises:
+            ValueError: the store was not written by an ``LTO`` over variables of these shapes.
+        """
+        keys = list(store.keys())
+        base_keys = [k for k in keys if not k.startswith(STATE_KEY_PREFIX)]
+        if not self.built:
+            warnings.warn(
+                f"Skipping variable loading for optimizer '{self.name}': it is not built yet; "
+                "call optimizer.build(model.trainable_variables) before loading",
+                stacklevel=2,
+            )
+            return
+        if len(base_keys) != len(self.variables):
+            raise ValueError(
+                f"the saved optimizer has {len(base_keys)} Keras variables, '{self.name}' has {len(self.variables)}; "
+                "was it saved with a learning-rate schedule and loaded with a float (or the reverse)?"
+            )
+        count = len(self._trainable_variables)
+        counters_key = f"{STATE_KEY_PREFIX}counters"
+        if counters_key not in keys:
+            raise ValueError(f"the saved optimizer has no {counters_key!r}; it was not saved by lto's LTO")
+        counters = np.asarray(store[counters_key])
+        if counters.shape != (3, count):
+            raise ValueError(f"saved {counters_key!r} has shape {counters.shape}; this optimizer has {count} variables, expected (3, {count})")
+        states = []
+        for i, variable in enumerate(self._trainable_variables):
+            key = f"{STATE_KEY_PREFIX}state_{i}"
+            want = (len(STATE_NAMES), *tuple(variable.shape))
+            value = np.asarray(store[key]) if key in keys else None
+            if value is None or value.shape != want:
+                got = "missing" if value is None else f"shape {value.shape}"
+                raise ValueError(f"saved optimizer state {key!r} for {variable.path} is {got}, expected shape {want}")
+            states.append(value)
+        for i, variable in enumerate(self.variables):
+            variable.assign(store[str(i)])
+        for i, value in enumerate(states):
+            state = {name: value[s] for s, name in enumerate(STATE_NAMES)}
+            state.update(step=int(counters[0, i]), steps_since_boundary=int(counters[1, i]), boundary_pending=bool(counters[2, i]))
+            self.engine.set_tensor_state(i, state)
+
+
+class TaskBoundary(keras.callbacks.Callback):
+    """Calls the model's :meth:`LTO.task_boundary` when ``fit`` ends: train one ``fit`` per task.
+
+    Example:
+        >>> for x, y in tasks:
+        ...     model.fit(x, y, epochs=5, callbacks=[TaskBoundary()])
+    """
+
+    def _optimizer(self) -> LTO:
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)  # unwrap LossScaleOptimizer
+        if not isinstance(optimizer, LTO):
+            raise TypeError(f"TaskBoundary needs a model compiled with lto_adapters.keras.LTO, got {type(optimizer).__name__}")
+        return optimizer
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Check, before any training, that the model's optimizer is an ``LTO``.
+
+        Raises:
+            TypeError: it is not.
+        """
+        self._optimizer()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Mark the task boundary on the model's optimizer."""
+        self._optimizer().task_boundary()
+
+
+__all__ = ["BACKENDS", "LTO", "STATE_KEY_PREFIX", "TaskBoundary"]

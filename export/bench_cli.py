@@ -1,0 +1,338 @@
+"""``lto bench cl|train|speed``: the benchmark verbs of the ``lto`` command.
+
+This layer turns option strings into optimizer factories (it may import the adapters; the
+runners in :mod:`lto_core.bench` may not) and drives a tqdm progress bar.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import click
+import torch
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+#: Optimizer names ``lto bench cl`` accepts, in the order the help lists them.
+CL_OPTIMIZERS = ("sgd", "adam", "ewc", "gated-adam", "lto", "lto-torch")
+#: ``lto bench train``: one task has no boundary, so EWC and gated Adam would equal Adam.
+TRAIN_OPTIMIZERS = ("sgd", "adam", "lto", "lto-torch")
+#: ``lto bench speed``: the step implementations timed side by side; ``adam`` is the reference.
+SPEED_OPTIMIZERS = ("lto-onnx", "lto-torch", "adam", "adam-foreach", "sgd")
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable[torch.Tensor],
+    lr: float = 1e-3,
+    sgd_lr: float = 0.03,
+    momentum: float = 0.0,
+    gate_c: float = 1.0,
+    onnx_path: str | None = None,
+) -> torch.optim.Optimizer:
+    """The optimizer called ``name`` over ``params``.
+
+    ``sgd`` uses ``sgd_lr`` and ``momentum``; every other method uses ``lr``: ``adam`` and ``ewc``
+    (EWC's penalty comes separately) are ``torch.optim.Adam``, ``adam-foreach`` is
+    ``Adam(foreach=True)``, ``gated-adam`` is :class:`lto_core.baselines.GatedAdam` with
+    ``gate=gate_c``; ``lto``/``lto-onnx`` is ``LTO`` on onnxruntime (``onnx_path`` or the packaged
+    default file), ``lto-torch`` ``LTO(backend="torch")``. Module-level, so a
+    ``functools.partial`` of it pickles into the speed benchmark's memory probe.
+    """
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=sgd_lr, momentum=momentum)
+    if name in ("adam", "ewc"):
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adam-foreach":
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+    if name == "gated-adam":
+        from lto_core.baselines import GatedAdam
+
+        return GatedAdam(params, lr=lr, gate=gate_c)
+    from lto_adapters.torch import LTO
+
+    if name in ("lto", "lto-onnx"):
+        return LTO(params, lr=lr, onnx_path=onnx_path)
+    if name == "lto-torch":
+        return LTO(params, lr=lr, backend="torch")
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _parse_names(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    """``"sgd, adam"`` -> ``["sgd", "adam"]``; unknown or repeated names are a usage error."""
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown optimizer(s) {unknown or value!r}; choose from {', '.join(allowed)}", param_hint=option)
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"{value!r} names an optimizer twice", param_hint=option)
+    return names
+
+
+def _methods(names: list[str], lr: float, sgd_lr: float, momentum: float, ewc_lambda: float, gate_c: float, onnx_path: str | None):
+    """``{name: Method}`` with the hyper-parameters each one really uses, for the records."""
+    from lto_core.baselines import EWC
+    from lto_core.bench import Method
+
+    methods = {}
+    for name in names:
+        make = functools.partial(build_optimizer, name, lr=lr, sgd_lr=sgd_lr, momentum=momentum, gate_c=gate_c, onnx_path=onnx_path)
+        settings: dict[str, Any] = {"lr": sgd_lr, "momentum": momentum} if name == "sgd" else {"lr": lr}
+        regularizer = None
+        if name == "ewc":
+            settings.update(base="torch.optim.Adam", ewc_lambda=ewc_lambda)
+            regularizer = functools.partial(EWC, ewc_lambda)
+        elif name == "gated-adam":
+            settings["gate_c"] = gate_c
+        elif name.startswith("lto"):
+            settings["backend"] = "torch" if name == "lto-torch" else "onnx"
+            settings["file"] = "packaged default" if name == "lto-torch" or onnx_path is None else str(onnx_path)
+        methods[name] = Method(make, regularizer, settings)
+    return methods
+
+
+def _lto_notes(names: Iterable[str], onnx_path: str | None) -> dict[str, Any]:
+    """Where the LTO optimizer came from (its file and ``lto.meta_train`` metadata)."""
+    if not any(n.startswith("lto") for n in names):
+        return {}
+    from lto_runtime.model import default_model_path, read_optimizer_file
+
+    path = Path(onnx_path) if onnx_path else default_model_path()
+    try:
+        _, spec = read_optimizer_file(path)
+    except Exception as err:  # the runtime's own error names the file and the reason
+        raise click.ClickException(str(err)) from None
+    return {"lto_file": str(path), "lto_meta_train": spec.meta_train}
+
+
+def _check_data(data: str, stream: str | None = None, scenario: str = "task", tasks: int = 1) -> None:
+    """Fail before any training when the data (or the stream over it) cannot be built."""
+    from lto_core.data import load_dataset
+    from lto_core.streams import make_stream
+
+    try:
+        dataset = load_dataset(data, 0)
+        if stream is not None:
+            make_stream(dataset, stream, scenario, tasks, seed=0)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.BadParameter(str(err), param_hint="--data") from None
+
+
+def _progress_bar(total: int, label: str) -> tuple[Any, Callable[[int], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, mininterval=0.5)
+    return bar, bar.update
+
+
+def _report(payload: dict[str, Any], out: Path) -> None:
+    click.echo("")
+    click.echo(payload["table"], nl=False)
+    click.echo(f"\nwrote {out / 'results.json'} and {out / 'results.md'}")
+    if "plots" in payload:
+        click.echo("plots: " + ", ".join(payload["plots"]))
+    else:
+        click.echo(payload["plots_skipped"])
+
+
+def _meta_train_line(notes: dict[str, Any]) -> None:
+    if "lto_meta_train" in notes:
+        trained = notes["lto_meta_train"].get("meta_trained", False)
+        kind = "meta-trained" if trained else "NOT meta-trained (zero output head: computes exactly Adam)"
+        click.echo(f"LTO optimizer: {notes['lto_file']}, {kind}")
+
+
+def _shared_options(default_optimizers: str, allowed: tuple[str, ...]):
+    """Options ``cl`` and ``train`` share."""
+    options = [
+        click.option("--data", default="digits", show_default=True, help="digits | mnist1d | gaussians | PATH.npz (x_train, y_train, x_test, y_test)."),
+        click.option("--arch", type=click.Choice(["mlp", "cnn", "transformer"]), default="mlp", show_default=True),
+        click.option("--optimizers", default=default_optimizers, show_default=True, help=f"Comma-separated, from: {', '.join(allowed)}."),
+        click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds 0..N-1; each gives every optimizer the same init and batches. [default: 3; --quick: 2]"),
+        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="Learning rate of Adam, EWC, gated Adam and LTO."),
+        click.option("--sgd-lr", type=click.FloatRange(min=0.0, min_open=True), default=0.03, show_default=True, help="Learning rate of SGD."),
+        click.option("--momentum", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True, help="SGD momentum."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between evaluations for the curves. [default: iters/10 (cl), iters/20 (train)]"),
+        click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Optimizer file for `lto` (default: the packaged one)."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings in --out."),
+        click.option("--quick", is_flag=True, help="Small run for a smoke test (fewer seeds and steps unless given)."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: continual learning (cl), plain training (train), step speed (speed)."""
+
+
+@bench.command()
+@click.option("--stream", type=click.Choice(["split", "permuted", "rotated", "remapped"]), default="split", show_default=True)
+@click.option("--scenario", type=click.Choice(["task", "domain", "class"]), default="task", show_default=True, help="task-, domain- or class-incremental.")
+@click.option("--tasks", type=click.IntRange(min=1), default=5, show_default=True, help="Tasks in the stream.")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps per task. [default: 300; --quick: 60]")
+@click.option("--ewc-lambda", type=click.FloatRange(min=0.0), default=100.0, show_default=True, help="EWC penalty strength lambda.")
+@click.option("--gate-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="Gated Adam: step / (1 + c * importance).")
+@_shared_options("sgd,adam,ewc,gated-adam,lto", CL_OPTIMIZERS)
+@click.option("--out", type=click.Path(file_okay=False), default="bench-results/cl", show_default=True, help="Directory for results.json, results.md and the plots.")
+def cl(stream, scenario, tasks, iters, ewc_lambda, gate_c, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, out) -> None:
+    """Optimizers side by side on a continual-learning stream: ACC, BWT, FWT, curves, heatmaps.
+
+    Within a seed every optimizer starts from the same weights and sees the same batches; the
+    task boundary is signalled to every method that uses one.
+    """
+    from lto_core.bench import CLConfig, run_cl
+
+    names = _parse_names(optimizers, CL_OPTIMIZERS, "--optimizers")
+    iters = iters or (60 if quick else 300)
+    config = CLConfig(
+        data=data,
+        stream=stream,
+        scenario=scenario,
+        arch=arch,
+        tasks=tasks,
+        iters=iters,
+        seeds=seeds or (2 if quick else 3),
+        batch_size=batch_size,
+        eval_every=eval_every or max(1, iters // 10),
+    )
+    _check_data(data, stream, scenario, tasks)
+    notes = _lto_notes(names, onnx_path)
+    _meta_train_line(notes)
+    methods = _methods(names, lr, sgd_lr, momentum, ewc_lambda, gate_c, onnx_path)
+    bar, progress = _progress_bar(config.seeds * len(names) * tasks * iters, "lto bench cl")
+    try:
+        payload = run_cl(config, methods, out, resume=resume, progress=progress, notes=notes)
+    finally:
+        bar.close()
+    _report(payload, Path(out))
+
+
+@bench.command()
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps. [default: 1000; --quick: 100]")
+@_shared_options("sgd,adam,lto", TRAIN_OPTIMIZERS)
+@click.option("--out", type=click.Path(file_okay=False), default="bench-results/train", show_default=True, help="Directory for results.json, results.md and curves.png.")
+def train(iters, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, out) -> None:
+    """Plain single-task training (all classes, one task): loss and accuracy curves and final figures."""
+    from lto_core.bench import TrainConfig, run_train
+
+    names = _parse_names(optimizers, TRAIN_OPTIMIZERS, "--optimizers")
+    iters = iters or (100 if quick else 1000)
+    config = TrainConfig(
+        data=data,
+        arch=arch,
+        iters=iters,
+        seeds=seeds or (2 if quick else 3),
+        batch_size=batch_size,
+        eval_every=eval_every or max(1, iters // 20),
+    )
+    _check_data(data)
+    notes = _lto_notes(names, onnx_path)
+    _meta_train_line(notes)
+    methods = _methods(names, lr, sgd_lr, momentum, 0.0, 0.0, onnx_path)
+    bar, progress = _progress_bar(config.seeds * len(names) * iters, "lto bench train")
+    try:
+        payload = run_train(config, methods, out, resume=resume, progress=progress, notes=notes)
+    finally:
+        bar.close()
+    _report(payload, Path(out))
+
+
+def _parse_sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(float(s)) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers such as 1e5,1e6", param_hint="--sizes") from None
+    if not sizes or min(sizes) < 4:
+        raise click.BadParameter(f"{value!r}: every size must be at least 4 parameters", param_hint="--sizes")
+    return sizes
+
+
+def _onnxruntime_threads(onnx_path: str | None) -> str:
+    """How many intra-op threads the LTO adapter's onnxruntime session was given."""
+    import onnxruntime as ort
+
+    probe = build_optimizer("lto-onnx", [torch.zeros(4, requires_grad=True)], onnx_path=onnx_path)
+    threads = probe.runtime.session.get_session_options().intra_op_num_threads
+    setting = "onnxruntime's default (one per physical core)" if threads == 0 else str(threads)
+    return f"{setting}; onnxruntime {ort.__version__}"
+
+
+@bench.command()
+@click.option("--sizes", default=None, help="Comma-separated parameter counts. [default: 1e5,1e6,1e7; --quick: 1e4]")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads (default: torch's choice).")
+@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed steps per size. [default: clip(2e7/size, 3, 20); --quick: 3]")
+@click.option("--optimizers", default=",".join(SPEED_OPTIMIZERS), show_default=True, help="Comma-separated; adam (the reference) is always included.")
+@click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak extra memory (one fresh process per optimizer and size).")
+@click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Optimizer file for lto-onnx (default: the packaged one).")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-results/speed", show_default=True, help="Directory for results.json and results.md.")
+@click.option("--quick", is_flag=True, help="Small run for a smoke test.")
+def speed(sizes, threads, repeats, optimizers, memory, onnx_path, out, quick) -> None:
+    """Time one optimizer step: LTO (onnx and torch backends), Adam (default and foreach), SGD.
+
+    Same tensors, same process, same torch threads. Prints median and min-max over repeats, the
+    ratio to torch.optim.Adam, parameters per second and peak extra memory beyond the state.
+    """
+    from tqdm import tqdm
+
+    from lto_core.bench import SpeedConfig, run_speed
+
+    names = _parse_names(optimizers, SPEED_OPTIMIZERS, "--optimizers")
+    names = names if "adam" in names else ["adam", *names]
+    config = SpeedConfig(
+        sizes=_parse_sizes(sizes or ("1e4" if quick else "1e5,1e6,1e7")),
+        threads=threads,
+        repeats=repeats or (3 if quick else None),
+        memory=memory,
+    )
+    if threads is not None:
+        torch.set_num_threads(threads)
+    notes = _lto_notes(names, onnx_path)
+    click.echo(f"torch threads: {torch.get_num_threads()}")
+    if "lto-onnx" in names:
+        notes["onnxruntime_intra_op_threads"] = _onnxruntime_threads(onnx_path)
+        click.echo(f"onnxruntime intra-op threads: {notes['onnxruntime_intra_op_threads']}")
+        if threads is not None:
+            click.echo("note: --threads sets torch's threads; the LTO adapter has no threads option, so onnxruntime keeps its default")
+    methods = {name: functools.partial(build_optimizer, name, onnx_path=onnx_path) for name in names}
+    bar = tqdm(total=len(config.sizes) * len(methods), desc="lto bench speed", unit="run", dynamic_ncols=True)
+
+    def progress(label: str) -> None:
+        bar.set_postfix_str(label)
+        bar.update(1)
+
+    try:
+        payload = run_speed(config, methods, out, reference="adam", progress=progress, notes=notes)
+    finally:
+        bar.close()
+    click.echo("")
+    click.echo(payload["table"], nl=False)
+    medians = {(r["size"], r["optimizer"]): r["median_ms"] for r in payload["records"]}
+    targets = {"adam": "target <= 2", "adam-foreach": "", "lto-torch": "target <= 1.2"}
+    for size in config.sizes:
+        if (size, "lto-onnx") not in medians:
+            continue
+        ratios = [
+            f"lto-onnx / {name} = {medians[(size, 'lto-onnx')] / medians[(size, name)]:.2f}" + (f" ({target})" if target else "")
+            for name, target in targets.items()
+            if (size, name) in medians
+        ]
+        click.echo(f"{size:.0e}: " + ", ".join(ratios))
+    unsteady = [f"{r['optimizer']} @ {r['size']:.0e}" for r in payload["records"] if r["max_ms"] > 3 * r["min_ms"]]
+    if unsteady:
+        click.echo(
+            f"warning: step times varied more than 3x between repeats for {', '.join(unsteady)}; the machine is "
+            "busy or threads contend, so medians and ratios are unreliable: compare min times, or rerun with --threads 1"
+        )
+    if "memory_skipped" in payload:
+        click.echo(f"memory not measured: {payload['memory_skipped']}")
+    click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")

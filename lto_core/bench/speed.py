@@ -1,0 +1,281 @@
+"""``lto bench speed``: the time and memory of one optimizer step, optimizers side by side.
+
+For each size ``n`` the parameters are four float32 tensors summing to ``n`` elements (see
+:func:`speed_shapes`), with fixed random gradients. In one process, with the same torch thread
+count, each optimizer is built on those same tensors, stepped once untimed (lazy state, first
+session run) and then timed over ``repeats`` steps (``time.perf_counter``); the report gives the
+median, the min-max spread, the ratio of medians to the reference (``torch.optim.Adam`` with
+default settings) and parameters per second ``n / median``.
+
+Peak extra memory is measured in a fresh process per optimizer and size, because torch and
+onnxruntime allocate outside Python's allocator (``tracemalloc`` would see nothing) and freed
+memory a process keeps would hide a later optimizer's peak. On Linux, the child builds the
+tensors, steps a throwaway optimizer of the same kind on an 8-element tensor (so one-time
+library and thread-pool initialization is not charged to the step), returns freed heap pages to
+the kernel (glibc ``malloc_trim``), resets the kernel's peak-RSS mark (``5`` into
+``/proc/self/clear_refs``), reads ``VmRSS``, builds the optimizer, takes ``memory_steps`` steps,
+and reads ``VmHWM``:
+
+    ``extra = VmHWM - VmRSS_before - state``,
+
+``state`` the bytes of the tensors in the optimizer's ``state_dict()["state"]``. So ``extra`` is
+what stepping costs beyond the optimizer state (session setup, buffers, temporaries), at page
+granularity.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import multiprocessing
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from lto_core.bench.common import environment, markdown_table, rounded, write_json
+
+#: ``make(params) -> optimizer``. Must pickle (a module-level function or a ``functools.partial``
+#: of one) so the memory probe can rebuild it in a fresh process.
+OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+_MIB = 1024.0 * 1024.0
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Sizes (total parameter counts), torch threads (``None``: torch's default), timed steps per
+    size (``None``: :func:`default_repeats`), whether to measure memory, and steps taken while
+    measuring it."""
+
+    sizes: tuple[int, ...] = (100_000, 1_000_000, 10_000_000)
+    threads: int | None = None
+    repeats: int | None = None
+    memory: bool = True
+    memory_steps: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.sizes or min(self.sizes) < 4:
+            raise ValueError(f"sizes must be at least 4 parameters each, got {self.sizes}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.repeats is not None and self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.memory_steps < 1:
+            raise ValueError(f"memory_steps must be >= 1, got {self.memory_steps}")
+
+
+def default_repeats(size: int) -> int:
+    """Timed steps for ``size`` parameters: ``clip(2e7 / size, 3, 20)`` (about 2e7 elements stepped)."""
+    return max(3, min(20, int(2e7 // size)))
+
+
+def speed_shapes(size: int) -> list[tuple[int, ...]]:
+    """Four tensors summing to ``size`` elements: matrices of 40%, 30% and 20% of it (rows of 1000
+    where possible) and a vector with the rest, like a model's weights and biases."""
+    shapes: list[tuple[int, ...]] = []
+    for fraction in (0.4, 0.3, 0.2):
+        numel = max(1, int(size * fraction))
+        cols = 1000 if numel >= 1000 else numel
+        shapes.append((numel // cols, cols))
+    shapes.append((size - sum(r * c for r, c in shapes),))
+    return shapes
+
+
+def make_parameters(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[torch.Tensor]:
+    """Float32 leaf tensors of ``shapes`` with fixed random values and gradients (``1e-3`` scale)."""
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.randn(shape, generator=generator).requires_grad_()
+        p.grad = torch.randn(shape, generator=generator) * 1e-3
+        params.append(p)
+    return params
+
+
+def time_steps(optimizer: torch.optim.Optimizer, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls to ``optimizer.step()``, after one untimed step."""
+    optimizer.step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field} field")
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the kernel (glibc ``malloc_trim``), so memory the step
+    allocates shows up as RSS growth instead of silently reusing pages freed earlier."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement may under-count, never over-count
+        pass
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors in ``optimizer.state_dict()["state"]`` (the optimizer's state)."""
+    total = 0
+    for entry in optimizer.state_dict()["state"].values():
+        total += sum(v.numel() * v.element_size() for v in entry.values() if torch.is_tensor(v) and v.dim() > 0)
+    return total
+
+
+def _memory_probe(connection, make: OptimizerFactory, shapes: list[tuple[int, ...]], threads: int | None, steps: int) -> None:
+    """Child-process side of :func:`measure_memory`; sends ``(extra_bytes, state_bytes)`` or an error."""
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        params = make_parameters(shapes)
+        # One-time process costs (libraries' lazy initialization, thread pools, onnxruntime's
+        # environment) are paid by a throwaway optimizer on a tiny tensor, not charged to the step.
+        warmup = make(make_parameters([(8,)]))
+        for _ in range(steps):
+            warmup.step()
+        del warmup
+        gc.collect()
+        _release_free_memory()
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        before = _status_kib("VmRSS")
+        optimizer = make(params)
+        for _ in range(steps):
+            optimizer.step()
+        peak = _status_kib("VmHWM")
+        state = state_bytes(optimizer)
+        connection.send(("ok", (peak - before) * 1024 - state, state))
+    except Exception as err:  # reported to the parent, which records why memory is missing
+        connection.send(("error", f"{type(err).__name__}: {err}", 0))
+    finally:
+        connection.close()
+
+
+def measure_memory(make: OptimizerFactory, shapes: list[tuple[int, ...]], threads: int | None, steps: int) -> tuple[int, int]:
+    """Peak extra bytes of building and stepping the optimizer, and its state bytes, measured in a
+    fresh process (see the module docstring).
+
+    Raises:
+        RuntimeError: the probe failed (e.g. no ``/proc``: not Linux); the message says why.
+    """
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_memory_probe, args=(send, make, shapes, threads, steps))
+    process.start()
+    send.close()
+    try:
+        status, value, state = receive.recv()
+    except EOFError:
+        status, value, state = "error", "the probe process died before reporting", 0
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"memory probe failed: {value}")
+    return int(value), int(state)
+
+
+def speed_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table: one row per size and optimizer."""
+    cells = []
+    for r in rows:
+        memory = "n/a" if r["extra_memory_mib"] is None else f"{r['extra_memory_mib']:.1f}"
+        state = "n/a" if r["state_memory_mib"] is None else f"{r['state_memory_mib']:.1f}"
+        cells.append(
+            [
+                f"{r['size']:.0e}".replace("e+0", "e"),
+                f"`{r['optimizer']}`",
+                f"{r['median_ms']:.2f}",
+                f"{r['min_ms']:.2f}–{r['max_ms']:.2f}",
+                f"{r['ratio_to_reference']:.2f}",
+                f"{r['params_per_second']:.3g}",
+                memory,
+                state,
+            ]
+        )
+    header = ["size", "optimizer", "median ms", "min–max ms", "x reference", "params/s", "extra MiB", "state MiB"]
+    return markdown_table(header, cells)
+
+
+def run_speed(
+    config: SpeedConfig,
+    methods: dict[str, OptimizerFactory],
+    out: str | Path,
+    reference: str = "adam",
+    progress: Callable[[str], None] | None = None,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Time and measure every method at every size; write ``results.json`` and ``results.md``.
+
+    ``reference`` names the method whose median the ratios divide by. ``progress(label)`` is
+    told when each measurement starts. Returns the payload plus ``"table"`` (markdown).
+    """
+    if reference not in methods:
+        raise ValueError(f"reference optimizer {reference!r} is not among {list(methods)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    rows: list[dict[str, Any]] = []
+    memory_errors: list[str] = []
+    for size in config.sizes:
+        shapes = speed_shapes(size)
+        repeats = config.repeats or default_repeats(size)
+        params = make_parameters(shapes)
+        medians = {}
+        for name, make in methods.items():
+            if progress is not None:
+                progress(f"{name} @ {size:.0e}")
+            optimizer = make(params)
+            times = time_steps(optimizer, repeats)
+            del optimizer
+            gc.collect()
+            medians[name] = statistics.median(times)
+            row = {
+                "size": size,
+                "optimizer": name,
+                "shapes": shapes,
+                "repeats": repeats,
+                "times_s": rounded(times, 7),
+                "median_ms": 1e3 * medians[name],
+                "min_ms": 1e3 * min(times),
+                "max_ms": 1e3 * max(times),
+                "params_per_second": size / medians[name],
+                "extra_memory_mib": None,
+                "state_memory_mib": None,
+            }
+            if config.memory and not memory_errors:
+                try:
+                    extra, state = measure_memory(make, shapes, config.threads, config.memory_steps)
+                    row["extra_memory_mib"], row["state_memory_mib"] = extra / _MIB, state / _MIB
+                except RuntimeError as err:
+                    memory_errors.append(str(err))
+            rows.append(row)
+        del params
+        for row in rows[-len(methods) :]:
+            row["ratio_to_reference"] = medians[row["optimizer"]] / medians[reference]
+    table = speed_table(rows)
+    payload = {
+        "config": {"benchmark": "speed", **asdict(config), "reference": reference, "notes": notes or {}},
+        "environment": environment(),
+        "memory_method": "fresh process per measurement: VmHWM after the steps - VmRSS before building the optimizer - state bytes",
+        "records": rows,
+    }
+    if memory_errors:
+        payload["memory_skipped"] = memory_errors[0]
+    write_json(out / "results.json", payload)
+    heading = (
+        f"`lto bench speed`: one optimizer step, torch threads {torch.get_num_threads()}; "
+        f"median and min–max over repeats; x reference = median / median of `{reference}`"
+    )
+    (out / "results.md").write_text(heading + "\n\n" + table)
+    return {**payload, "table": table}
