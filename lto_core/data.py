@@ -114,7 +114,7 @@ def load_npz(path: str | Path) -> Dataset:
     except ValueError as err:
         if str(err).startswith(f"data file {path}"):
             raise
-        raise ValueError(f"data file {path} is not a .npz of plain numeric arrays ({type(err).__name__}); "
+        raise ValueError(f"data file {path} is not a readable .npz of plain numeric arrays ({type(err).__name__}); "
                          "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)") from None
     except (OSError, EOFError) as err:
         raise ValueError(f"data file {path} is not a readable .npz ({type(err).__name__}); "
