@@ -50,16 +50,21 @@ def _provenance(meta_train: dict) -> str:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint .safetensors (default: the packaged one).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Where to write the .onnx file.")
 @click.option("--as-default", is_flag=True, help="Make this the packaged default: copy the checkpoint beside lto_core and write lto_runtime/models/default.onnx.")
-def export_cmd(checkpoint: str | None, out: str | None, as_default: bool) -> None:
+@click.option("--gate-init", type=float, default=None, help="Instead of a checkpoint, a fresh network set to importance-gated Adam of this strength (0: plain Adam).")
+def export_cmd(checkpoint: str | None, out: str | None, as_default: bool, gate_init: float | None) -> None:
     """Export a checkpoint's step graph to one self-contained ONNX optimizer file."""
     from lto_core.checkpoint import DEFAULT_CHECKPOINT
-    from lto_export.onnx_export import export_onnx, install_default
+    from lto_export.onnx_export import export_onnx, initial_checkpoint, install_default
 
     if as_default == (out is not None):
         raise click.UsageError("give exactly one of --out FILE or --as-default")
+    if gate_init is not None:
+        if checkpoint is not None:
+            raise click.UsageError("give --checkpoint or --gate-init, not both")
+        checkpoint = initial_checkpoint(gate_init, Path(out).with_suffix(".safetensors") if out else None)
     if as_default:
         if checkpoint is None:
-            raise click.UsageError("--as-default needs --checkpoint (the packaged default is already installed)")
+            raise click.UsageError("--as-default needs --checkpoint or --gate-init (the packaged default is already installed)")
         path = install_default(checkpoint)
     else:
         path = export_onnx(out, checkpoint or DEFAULT_CHECKPOINT)

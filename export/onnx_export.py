@@ -102,3 +102,24 @@ def install_default(checkpoint: str | Path) -> Path:
     graph, meta_train = load_checkpoint(checkpoint)
     weights = save_checkpoint(graph, DEFAULT_CHECKPOINT, meta_train)
     return export_onnx(default_model_path(), weights)
+
+
+def initial_checkpoint(gate_init: float, path: str | Path | None = None) -> Path:
+    """Write the checkpoint of a network that has not been meta-trained and return its path.
+
+    ``gate_init = 0`` is the zero-head network (exactly Adam); otherwise importance-gated Adam,
+    ``adam_dir * 2 / (1 + (1 + Omega)^gate_init)`` (:meth:`UpdateNetwork.init_importance_gate`).
+    ``path`` defaults to a file in a new temporary folder.
+    """
+    torch.manual_seed(0)
+    graph = StepGraph()
+    if gate_init:
+        graph.network.init_importance_gate(gate_init)
+        note = f"importance-gated Adam, gate_init={gate_init:g}: exactly Adam until a task boundary"
+    else:
+        note = "zero output head: computes Adam exactly"
+    if path is None:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="lto-init-")) / "init.safetensors"
+    return save_checkpoint(graph, path, {"meta_trained": False, "note": note, "gate_init": gate_init})

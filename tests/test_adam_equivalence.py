@@ -32,3 +32,22 @@ def test_zero_head_matches_adam_across_task_boundaries(zero_head_files):
         train(lto_model, lto_opt, 20)
         lto_opt.task_boundary()
     assert torch.allclose(flat_params(ref_model), flat_params(lto_model), rtol=0.0, atol=1e-6)
+
+
+def test_gated_network_is_adam_until_the_first_boundary(tmp_path):
+    """``gate_init`` networks (the packaged default's kind) differ from Adam only after a boundary."""
+    from lto_export.onnx_export import initial_checkpoint
+
+    checkpoint = initial_checkpoint(2.0, tmp_path / "gated.safetensors")
+    ref_model, lto_model = digits_mlp(), digits_mlp()
+    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-2)
+    lto_opt = LTO(lto_model.parameters(), lr=1e-2, backend="torch", checkpoint=checkpoint)
+    train(ref_model, ref_opt, 40)
+    train(lto_model, lto_opt, 40)
+    assert torch.allclose(flat_params(ref_model), flat_params(lto_model), rtol=0.0, atol=1e-6)
+    lto_opt.task_boundary()
+    start = flat_params(lto_model)
+    train(ref_model, ref_opt, 20, seed=1)
+    train(lto_model, lto_opt, 20, seed=1)
+    moved_lto = (flat_params(lto_model) - start).abs().sum()
+    assert moved_lto < (flat_params(ref_model) - start).abs().sum() * 0.9
