@@ -106,7 +106,8 @@ def main() -> None:
         results[name] = (R, b)
         where = ""
         if lto is not None:
-            trained = "meta-trained" if lto.runtime.spec.meta_trained else "NOT meta-trained: computes exactly Adam"
+            spec = lto.runtime.spec
+            trained = "meta-trained" if spec.meta_trained else f"NOT meta-trained: {spec.meta_train.get('note', 'no provenance note')}"
             where = f" ({lto.runtime.spec.path.name}, {trained}; onnxruntime on {lto.runtime.providers[0]})"
         print(f"\n{name}{where}: accuracy matrix R[i][j] (row i: after training task i; column j: tested on task j)")
         for i, row in enumerate(R):
