@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lto_adapters.torch import step_tensors
 from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint
 from lto_core.continual import task_loss
 from lto_core.data import load_digits
@@ -81,9 +82,6 @@ def _trajectory(compare: ComparingStepFunction, window: int, chunk: int, steps: 
     engine = StepEngine(compare, [tuple(p.shape) for p in params], window=window, chunk=chunk)
     hyper = np.tile(hyper_row(3e-3, (0.9, 0.999), 1e-8, 0.0), (len(params), 1))
 
-    def apply(index: int, start: int, stop: int, update: np.ndarray) -> None:
-        params[index].data.view(-1)[start:stop] += torch.from_numpy(update)
-
     rng = np.random.default_rng(0)
     for i in range(steps):
         task = stream.tasks[0 if i < steps // 2 else 1]
@@ -91,7 +89,7 @@ def _trajectory(compare: ComparingStepFunction, window: int, chunk: int, steps: 
             engine.task_boundary()
         model.zero_grad()
         task_loss(model, task, rng.integers(0, len(task.x_train), 32)).backward()
-        engine.step([p.grad.numpy() for p in params], [p.detach().numpy() for p in params], hyper, apply)
+        step_tensors(engine, [p.grad for p in params], params, hyper)
 
 
 def validate_file(path: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT, steps: int = 60) -> ValidationReport:

@@ -113,13 +113,20 @@ def _grads(inner: _Inner, params: list[torch.Tensor], task: Task, index: np.ndar
         return float(loss.detach()), list(torch.autograd.grad(loss, leaves))
 
 
-def run_problem(graph: StepGraph, spec: ProblemSpec) -> np.ndarray:
-    """Train a fresh model through ``spec``'s stream with ``graph`` (no meta-gradient); return R."""
+def _start_problem(graph: StepGraph, spec: ProblemSpec):
+    """A problem's stream, its model as :class:`_Inner`, fresh parameters, an :class:`UnrolledLTO`
+    over them and the batch generator (from ``spec.seed``)."""
     stream, model = build_problem(spec)
     inner = _Inner(model)
     params = [p.clone() for p in inner.initial]
     opt = UnrolledLTO(graph, [tuple(p.shape) for p in params], lr=spec.lr)
     rng = np.random.default_rng(spec.seed)
+    return stream, inner, params, opt, rng
+
+
+def run_problem(graph: StepGraph, spec: ProblemSpec) -> np.ndarray:
+    """Train a fresh model through ``spec``'s stream with ``graph`` (no meta-gradient); return R."""
+    stream, inner, params, opt, rng = _start_problem(graph, spec)
     R = np.zeros((spec.tasks, spec.tasks))
     with torch.no_grad():
         for i, task in enumerate(stream.tasks):
@@ -137,11 +144,7 @@ def meta_step_problem(graph: StepGraph, outer: torch.optim.Optimizer, spec: Prob
 
     Returns the mean meta-loss over the problem's truncations.
     """
-    stream, model = build_problem(spec)
-    inner = _Inner(model)
-    params = [p.clone() for p in inner.initial]
-    opt = UnrolledLTO(graph, [tuple(p.shape) for p in params], lr=spec.lr)
-    rng = np.random.default_rng(spec.seed)
+    stream, inner, params, opt, rng = _start_problem(graph, spec)
     query_rng = np.random.default_rng(spec.seed + 1)
     terms: list[torch.Tensor] = []
     weights: list[float] = []
