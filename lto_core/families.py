@@ -46,7 +46,7 @@ class Family:
     data: tuple[str, ...] = ("digits", "gaussians", "teacher")
     streams: tuple[str, ...] = ("split", "permuted", "remapped")
     scenarios: tuple[str, ...] = ("task", "domain")
-    archs: tuple[str, ...] = ("mlp", "cnn")
+    archs: tuple[str, ...] = ("mlp", "cnn", "transformer")
     tasks: tuple[int, int] = (3, 5)
     steps_per_task: tuple[int, int] = (40, 400)
     lr: tuple[float, float] = (3e-4, 3e-3)

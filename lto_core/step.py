@@ -13,7 +13,10 @@ the exported ONNX graph compute the same numbers. All inputs are windows ``[B, W
 The names and orders of state slots and scalars are the file format's (:mod:`lto_runtime.format`).
 
 The rule is Adam-residual: with the network's output at zero it is exactly Adam with bias
-correction (Kingma & Ba, 2015) as ``torch.optim.Adam`` computes it.
+correction (Kingma & Ba, 2015) as ``torch.optim.Adam`` computes it. The network's output is only
+applied to windows that hold consolidated importance, i.e. after a task boundary: before the first
+boundary there is nothing to protect, so plain single-task training is exactly Adam whatever the
+network's weights (see :func:`memory_gate`).
 """
 
 from __future__ import annotations
@@ -131,6 +134,17 @@ def window_context(ctx: torch.Tensor, step: torch.Tensor, since: torch.Tensor) -
     return torch.cat([ctx, step / (step + 1000.0), since / (since + 100.0)], dim=1)
 
 
+def memory_gate(importance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1`` for windows holding consolidated importance (``mean_window(Omega) > 0``), else ``0``: ``[B,1,1,1]``.
+
+    Multiplies the network's raw outputs, so a window is stepped by exactly Adam until a task
+    boundary has consolidated some importance into it. This keeps the learned part to the job it
+    was meta-trained for (trading plasticity against forgetting) and plain training identical to
+    Adam; a meta-trained network that also reshaped single-task steps trained them worse.
+    """
+    return (masked_window_mean(importance, mask) > 0.0).to(importance.dtype).unsqueeze(-1)
+
+
 def modulated_update(
     direction: torch.Tensor, raw: torch.Tensor, lr: torch.Tensor, scale_a: float, direction_b: float
 ) -> torch.Tensor:
@@ -176,7 +190,7 @@ class StepGraph(nn.Module):
         direction = adam_direction(exp_avg, exp_avg_sq, bc1, bc2, eps)
         features = element_features(grad, direction, exp_avg_sq, bc2, eps, importance, param, anchor, mask)
         context = window_context(ctx, scalars[:, _STEP : _STEP + 1], scalars[:, _SINCE : _SINCE + 1])
-        raw = self.network(features, mask, context)
+        raw = self.network(features, mask, context) * memory_gate(importance, mask)
         update = modulated_update(direction, raw, lr, self.config.scale_a, self.config.direction_b)
         update = update * mask * active
         new_state = torch.stack([exp_avg, exp_avg_sq, importance, anchor])

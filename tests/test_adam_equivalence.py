@@ -51,3 +51,21 @@ def test_gated_network_is_adam_until_the_first_boundary(tmp_path):
     train(lto_model, lto_opt, 20, seed=1)
     moved_lto = (flat_params(lto_model) - start).abs().sum()
     assert moved_lto < (flat_params(ref_model) - start).abs().sum() * 0.9
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_any_network_is_adam_until_the_first_boundary(random_head_files, backend):
+    """The memory gate: windows without consolidated importance take Adam's step, whatever the
+    network's weights, so plain training is Adam; after a boundary the network acts."""
+    checkpoint, onnx_path = random_head_files
+    files = dict(onnx_path=onnx_path) if backend == "onnx" else dict(checkpoint=checkpoint)
+    ref_model, lto_model = digits_mlp(), digits_mlp()
+    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-2)
+    lto_opt = LTO(lto_model.parameters(), lr=1e-2, backend=backend, **files)
+    train(ref_model, ref_opt, 60)
+    train(lto_model, lto_opt, 60)
+    assert torch.allclose(flat_params(ref_model), flat_params(lto_model), rtol=0.0, atol=1e-6)
+    lto_opt.task_boundary()
+    train(ref_model, ref_opt, 10, seed=1)
+    train(lto_model, lto_opt, 10, seed=1)
+    assert (flat_params(ref_model) - flat_params(lto_model)).abs().max() > 1e-3
