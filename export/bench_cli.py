@@ -105,7 +105,7 @@ def _lto_notes(names: Iterable[str], onnx_path: str | None) -> dict[str, Any]:
         _, spec = read_optimizer_file(path)
     except Exception as err:  # the runtime's own error names the file and the reason
         raise click.ClickException(str(err)) from None
-    return {"lto_file": str(path), "lto_meta_train": spec.meta_train}
+    return {"lto_file": str(path), "lto_meta_train": spec.meta_train, "lto_provenance": spec.provenance}
 
 
 def _check_data(data: str, stream: str | None = None, scenario: str = "task", tasks: int = 1) -> None:
@@ -139,10 +139,8 @@ def _report(payload: dict[str, Any], out: Path) -> None:
 
 
 def _meta_train_line(notes: dict[str, Any]) -> None:
-    if "lto_meta_train" in notes:
-        trained = notes["lto_meta_train"].get("meta_trained", False)
-        kind = "meta-trained" if trained else "NOT meta-trained (zero output head: computes exactly Adam)"
-        click.echo(f"LTO optimizer: {notes['lto_file']}, {kind}")
+    if "lto_provenance" in notes:
+        click.echo(f"LTO optimizer: {notes['lto_file']}, {notes['lto_provenance']}")
 
 
 def _shared_options(default_optimizers: str, allowed: tuple[str, ...]):

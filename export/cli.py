@@ -30,20 +30,12 @@ def demo(tasks: int, iters: int, lr: float, seed: int) -> None:
 
     _, spec = read_optimizer_file(default_model_path())
     click.echo(f"split digits (scikit-learn), {tasks} task-incremental tasks, {iters} steps each, lr={lr}, MLP, seed {seed}")
-    click.echo(f"LTO optimizer: packaged default, {_provenance(spec.meta_train)}")
+    click.echo(f"LTO optimizer: packaged default, {spec.provenance}")
     click.echo(f"{'optimizer':<10} {'ACC':>7} {'BWT':>8} {'FWT':>7} {'seconds':>8}")
     for run in run_demo(tasks, iters, lr, seed):
         r = run.result
         click.echo(f"{run.name:<10} {r.acc:7.3f} {r.bwt:+8.3f} {r.fwt:+7.3f} {r.seconds:8.1f}")
     click.echo("ACC: mean accuracy over all tasks at the end; BWT < 0 means forgetting (GEM metrics).")
-
-
-def _provenance(meta_train: dict) -> str:
-    """One line on where the file's network came from, from its ``lto.meta_train`` record."""
-    if not meta_train.get("meta_trained", False):
-        note = meta_train.get("note")
-        return "NOT meta-trained" + (f" ({note})" if note else "")
-    return "meta-trained: " + ", ".join(f"{k}={v}" for k, v in sorted(meta_train.items()) if k != "meta_trained")
 
 
 @main.command("export")
@@ -83,7 +75,7 @@ def inspect(file: str | None) -> None:
     path = Path(file) if file else default_model_path()
     model, spec = _load_or_exit(path, read_optimizer_file)
     click.echo(f"file: {path} ({path.stat().st_size / 1024:.1f} KiB)")
-    click.echo(f"optimizer: {_provenance(spec.meta_train)}")
+    click.echo(f"optimizer: {spec.provenance}")
     for prop in model.metadata_props:
         click.echo(f"  {prop.key}: {prop.value}")
     click.echo(f"opset: {max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))}")

@@ -65,6 +65,14 @@ class OptimizerSpec:
         """True when the file's provenance says its network was meta-trained."""
         return bool(self.meta_train.get("meta_trained", False))
 
+    @property
+    def provenance(self) -> str:
+        """One line on where the file's network came from, from its ``lto.meta_train`` record."""
+        if not self.meta_trained:
+            note = self.meta_train.get("note")
+            return "NOT meta-trained" + (f" ({note})" if note else "")
+        return "meta-trained: " + ", ".join(f"{k}={v}" for k, v in sorted(self.meta_train.items()) if k != "meta_trained")
+
 
 def _refuse(path: Path, reason: str) -> OptimizerFileError:
     return OptimizerFileError(f"optimizer file {path}: {reason}")
