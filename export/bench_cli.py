@@ -121,13 +121,6 @@ def _check_data(data: str, stream: str | None = None, scenario: str = "task", ta
         raise click.BadParameter(str(err), param_hint="--data") from None
 
 
-def _progress_bar(total: int, label: str) -> tuple[Any, Callable[[int], None]]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, mininterval=0.5)
-    return bar, bar.update
-
-
 def _report(payload: dict[str, Any], out: Path) -> None:
     click.echo("")
     click.echo(payload["table"], nl=False)
@@ -138,9 +131,18 @@ def _report(payload: dict[str, Any], out: Path) -> None:
         click.echo(payload["plots_skipped"])
 
 
-def _meta_train_line(notes: dict[str, Any]) -> None:
-    if "lto_provenance" in notes:
+def _run_reported(run: Callable, config: Any, methods: dict, notes: dict[str, Any], total: int, label: str, out: str, resume: bool) -> None:
+    """``cl`` and ``train``: name the LTO file, run under a progress bar of ``total`` steps, report."""
+    if notes:
         click.echo(f"LTO optimizer: {notes['lto_file']}, {notes['lto_provenance']}")
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, mininterval=0.5)
+    try:
+        payload = run(config, methods, out, resume=resume, progress=bar.update, notes=notes)
+    finally:
+        bar.close()
+    _report(payload, Path(out))
 
 
 def _shared_options(default_optimizers: str, allowed: tuple[str, ...]):
@@ -205,14 +207,8 @@ def cl(stream, scenario, tasks, iters, ewc_lambda, gate_c, data, arch, optimizer
     )
     _check_data(data, stream, scenario, tasks)
     notes = _lto_notes(names, onnx_path)
-    _meta_train_line(notes)
     methods = _methods(names, lr, sgd_lr, momentum, ewc_lambda, gate_c, onnx_path)
-    bar, progress = _progress_bar(config.seeds * len(names) * tasks * iters, "lto bench cl")
-    try:
-        payload = run_cl(config, methods, out, resume=resume, progress=progress, notes=notes)
-    finally:
-        bar.close()
-    _report(payload, Path(out))
+    _run_reported(run_cl, config, methods, notes, config.seeds * len(names) * tasks * iters, "lto bench cl", out, resume)
 
 
 @bench.command()
@@ -235,14 +231,8 @@ def train(iters, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size
     )
     _check_data(data)
     notes = _lto_notes(names, onnx_path)
-    _meta_train_line(notes)
     methods = _methods(names, lr, sgd_lr, momentum, 0.0, 0.0, onnx_path)
-    bar, progress = _progress_bar(config.seeds * len(names) * iters, "lto bench train")
-    try:
-        payload = run_train(config, methods, out, resume=resume, progress=progress, notes=notes)
-    finally:
-        bar.close()
-    _report(payload, Path(out))
+    _run_reported(run_train, config, methods, notes, config.seeds * len(names) * iters, "lto bench train", out, resume)
 
 
 def _parse_sizes(value: str) -> tuple[int, ...]:
