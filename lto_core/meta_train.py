@@ -5,9 +5,9 @@ Each iteration draws one continual-learning problem from a :class:`~lto_core.fam
 with the differentiable :class:`~lto_core.unroll.UnrolledLTO`, and every ``truncation`` inner
 steps updates the network's weights with outer Adam on the meta-loss
 
-    L = sum_t w_t * mean_{j <= current task} CE_j(theta_t) / sum_t w_t,   w_t = t / steps_per_task,
+    L = sum_t w_t * mean_{j <= current task} ell_j(theta_t) / sum_t w_t,   w_t = t / steps_per_task,
 
-query cross-entropies of the current task and of every earlier one on fresh training batches at
+query losses ``ell`` (cross-entropy, or the bounded soft error, see :data:`QUERY_LOSSES`) of the current task and of every earlier one on fresh training batches at
 query points ``t`` of the current task, all tasks weighted equally as in ACC: the current task's
 term rewards learning, the earlier ones penalize forgetting (stability-plasticity). The ramp
 ``w_t`` counts late points more: only end-of-task accuracy enters ACC, and a truncation that sees
@@ -43,6 +43,21 @@ from lto_core.step import StepGraph
 from lto_core.streams import Task
 from lto_core.unroll import UnrolledLTO
 
+def soft_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``mean(1 - softmax(logits)_y)``: the error rate of a prediction sampled from the softmax.
+
+    Bounded in ``[0, 1]`` like the accuracy that ACC averages, so a forgotten task costs at most
+    its lost accuracy; cross-entropy grows without bound as an old task's logits drift.
+    """
+    return 1.0 - logits.softmax(dim=-1).gather(1, y[:, None]).mean()
+
+
+#: Meta-objective query losses by config name (``MetaTrainConfig.query_loss``).
+QUERY_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "ce": nn.functional.cross_entropy,
+    "error": soft_error,
+}
+
 #: Seed offset of validation problems, far from the training iterations' keys.
 VALIDATION_KEY = 1_000_003
 
@@ -62,11 +77,17 @@ class MetaTrainConfig:
     truncation: int = 30
     query_every: int = 5
     query_batch: int = 64
+    #: Query loss of the meta-objective, a key of :data:`QUERY_LOSSES`.
+    query_loss: str = "ce"
     outer_lr: float = 5e-4
     clip: float = 1.0
     #: Initial gate strength (see :meth:`UpdateNetwork.init_importance_gate`); 0 starts from Adam.
     gate_init: float = 2.0
     network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    def __post_init__(self) -> None:
+        if self.query_loss not in QUERY_LOSSES:
+            raise ValueError(f"query_loss {self.query_loss!r} is not one of {sorted(QUERY_LOSSES)}; set it in the config file")
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -95,10 +116,11 @@ class _Inner:
         self.names = [n for n, _ in model.named_parameters()]
         self.initial = [p.detach().clone() for p in model.parameters()]
 
-    def loss(self, params: Sequence[torch.Tensor], task: Task, index: np.ndarray) -> torch.Tensor:
+    def loss(self, params: Sequence[torch.Tensor], task: Task, index: np.ndarray, kind: str = "ce") -> torch.Tensor:
+        """``QUERY_LOSSES[kind]`` on the training examples ``index`` of ``task``."""
         x, y = torch.from_numpy(task.x_train[index]), torch.from_numpy(task.y_train[index])
         logits = torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,))
-        return nn.functional.cross_entropy(masked_logits(logits, task.classes), y)
+        return QUERY_LOSSES[kind](masked_logits(logits, task.classes), y)
 
     @torch.no_grad()
     def accuracy(self, params: Sequence[torch.Tensor], task: Task) -> float:
@@ -157,7 +179,7 @@ def meta_step_problem(graph: StepGraph, outer: torch.optim.Optimizer, spec: Prob
             _, grads = _grads(inner, params, task, rng.integers(0, len(task.x_train), spec.batch_size))
             params = opt.step(params, grads)
             if step % config.query_every == 0 or step == spec.steps_per_task:
-                terms.append(_query_loss(inner, params, stream.tasks[: i + 1], query_rng, config.query_batch))
+                terms.append(_query_loss(inner, params, stream.tasks[: i + 1], query_rng, config))
                 weights.append(step / spec.steps_per_task)
             if step % config.truncation == 0 or step == spec.steps_per_task:
                 meta = (torch.stack(terms) * torch.tensor(weights)).sum() / sum(weights)
@@ -172,10 +194,11 @@ def meta_step_problem(graph: StepGraph, outer: torch.optim.Optimizer, spec: Prob
     return float(np.mean(meta_losses))
 
 
-def _query_loss(inner: _Inner, params, seen: Sequence[Task], rng: np.random.Generator, batch: int) -> torch.Tensor:
-    """``mean_{j <= current} CE_j`` on fresh training batches: every task seen so far counts
+def _query_loss(inner: _Inner, params, seen: Sequence[Task], rng: np.random.Generator, config: MetaTrainConfig) -> torch.Tensor:
+    """``mean_{j <= current} ell_j`` on fresh training batches: every task seen so far counts
     equally, as in ACC, so the current task is one term among them."""
-    return torch.stack([inner.loss(params, t, rng.integers(0, len(t.x_train), batch)) for t in seen]).mean()
+    batches = [rng.integers(0, len(t.x_train), config.query_batch) for t in seen]
+    return torch.stack([inner.loss(params, t, b, config.query_loss) for t, b in zip(seen, batches)]).mean()
 
 
 def validation_specs(config: MetaTrainConfig, seed: int) -> list[ProblemSpec]:

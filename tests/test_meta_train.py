@@ -1,0 +1,139 @@
+"""Meta-training on tiny real problems: determinism, resume, checkpoints, config errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from lto_core.checkpoint import load_checkpoint
+from lto_core.families import Family
+from lto_core.meta_train import MetaTrainConfig, meta_train, soft_error
+from lto_core.step import StepGraph
+from lto_export.cli import main
+
+TINY_FAMILY = {"data": ["digits"], "streams": ["split"], "scenarios": ["task"], "archs": ["mlp"], "tasks": [2, 2], "steps_per_task": [12, 12]}
+
+
+def _config(**overrides) -> MetaTrainConfig:
+    doc = {
+        "iterations": 4,
+        "family": TINY_FAMILY,
+        "validation_family": {**TINY_FAMILY, "steps_per_task": [15, 15]},
+        "validation_problems": 1,
+        "validate_every": 2,
+        "truncation": 6,
+        "query_every": 3,
+        "query_batch": 16,
+        **overrides,
+    }
+    return MetaTrainConfig.from_dict(json.loads(json.dumps(doc)))
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_same_seed_same_network_and_the_network_moves(tmp_path):
+    config = _config()
+    first = meta_train(tmp_path / "a", config, seed=3)
+    second = meta_train(tmp_path / "b", config, seed=3)
+    a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["meta_loss"] for h in first.history] == [h["meta_loss"] for h in second.history]
+    assert first.iteration == 4 and len(first.history) == 4
+    torch.manual_seed(3)  # meta_train's own start: seeded init, then the importance gate
+    start = StepGraph(config.network)
+    start.network.init_importance_gate(config.gate_init)
+    assert any(not torch.equal(v, a[k]) for k, v in start.state_dict().items())
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    config = _config()
+    meta_train(tmp_path / "whole", config, seed=1)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(progress, _loss):
+        if progress.iteration == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        meta_train(tmp_path / "cut", config, seed=1, on_iteration=stop_after_two)
+    assert json.loads((tmp_path / "cut" / "progress.json").read_text())["iteration"] == 2
+    resumed = meta_train(tmp_path / "cut", config, seed=1, resume=True)
+    assert resumed.iteration == 4
+    whole, cut = _weights(tmp_path / "whole" / "last.safetensors"), _weights(tmp_path / "cut" / "last.safetensors")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_resume_refuses_another_seed_or_config(tmp_path):
+    meta_train(tmp_path, _config(iterations=1), seed=0)
+    with pytest.raises(ValueError, match="another seed or config"):
+        meta_train(tmp_path, _config(iterations=1), seed=5, resume=True)
+    with pytest.raises(ValueError, match="another seed or config"):
+        meta_train(tmp_path, _config(iterations=1, outer_lr=1e-2), seed=0, resume=True)
+
+
+def test_validation_records_baselines_and_best_checkpoint_carries_provenance(tmp_path):
+    progress = meta_train(tmp_path, _config(outer_lr=1e-2), seed=0, command="lto meta-train --test")
+    assert set(progress.baseline) == {"acc", "bwt"} and set(progress.initial) == {"acc", "bwt"}
+    validated = [h for h in progress.history if "val_acc" in h]
+    assert [h["iteration"] for h in validated] == [2, 4]
+    assert progress.best_iteration in (2, 4) and progress.best_acc > progress.initial["acc"]
+    graph, record = load_checkpoint(tmp_path / "best")
+    assert record["meta_trained"] is True and record["command"] == "lto meta-train --test"
+    assert record["seed"] == 0 and record["iteration"] == progress.best_iteration
+    assert record["validation_acc"] == round(progress.best_acc, 4)
+    assert record["adam_validation_acc"] == round(progress.baseline["acc"], 4)
+
+
+def test_no_best_checkpoint_unless_validation_beats_the_start(tmp_path):
+    progress = meta_train(tmp_path, _config(outer_lr=0.0), seed=0)
+    assert progress.best_iteration == -1
+    assert not (tmp_path / "best.safetensors").exists()
+    assert all(h["val_acc"] == progress.initial["acc"] for h in progress.history if "val_acc" in h)
+
+
+def test_soft_error_is_the_expected_error_rate():
+    logits = torch.tensor([[0.0, 0.0], [10.0, -10.0], [-10.0, 10.0]])
+    y = torch.tensor([0, 0, 0])
+    # sampled-prediction error rates 0.5, ~0 and ~1
+    assert soft_error(logits, y).item() == pytest.approx((0.5 + 0.0 + 1.0) / 3, abs=1e-6)
+
+
+def test_error_objective_trains_and_differs_from_cross_entropy(tmp_path):
+    ce = meta_train(tmp_path / "ce", _config(iterations=1, validate_every=5), seed=0)
+    err = meta_train(tmp_path / "err", _config(iterations=1, validate_every=5, query_loss="error"), seed=0)
+    assert 0.0 <= err.history[0]["meta_loss"] <= 1.0
+    assert err.history[0]["meta_loss"] != ce.history[0]["meta_loss"]
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"query_loss": "mse"}, r"query_loss 'mse' is not one of \['ce', 'error'\]"),
+        ({"iteratons": 3}, r"unknown meta-training config keys \['iteratons'\]"),
+    ],
+)
+def test_bad_config_is_named(doc, message):
+    with pytest.raises(ValueError, match=message):
+        MetaTrainConfig.from_dict(doc)
+
+
+def test_cli_meta_train_writes_a_run_and_reports(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(_config(iterations=2).to_dict()))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["meta-train", "--out", str(out), "--config", str(config), "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert "iterations 2/2" in result.output and "validation (held-out problems): Adam ACC" in result.output
+    for name in ("last.safetensors", "last.json", "last-outer.safetensors", "progress.json"):
+        assert (out / name).is_file()
+    again = CliRunner().invoke(main, ["meta-train", "--out", str(out), "--config", str(config), "--seed", "2", "--resume"])
+    assert again.exit_code == 0 and "iterations 2/2" in again.output
+    assert Family.from_dict(json.loads((out / "progress.json").read_text())["config"]["family"]).archs == ("mlp",)
