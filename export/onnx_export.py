@@ -75,6 +75,7 @@ def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) ->
         )
     exporter_log.setLevel(level)
     model = program.model_proto
+    _drop_debug_records(model.graph)
     metadata = {
         "lto.format": str(FORMAT),
         "lto.chunk": str(graph.config.chunk),
@@ -93,6 +94,21 @@ def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) ->
     onnx.save_model(model, str(out), save_as_external_data=False)
     read_optimizer_file(out)
     return out
+
+
+def _drop_debug_records(graph: onnx.GraphProto) -> None:
+    """Remove the exporter's per-node debug records (Python stack traces with this machine's
+    absolute paths, FX node names, module scopes) and the graph's export signature.
+
+    They are most of the file's bytes and make the file depend on where it was built; the
+    computation is unchanged.
+    """
+    del graph.metadata_props[:]
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _drop_debug_records(attribute.g)
 
 
 def install_default(checkpoint: str | Path) -> Path:

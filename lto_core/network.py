@@ -1,6 +1,6 @@
 """The update network: per-element features -> per-token transformer -> per-element head.
 
-Shapes: elements ``[B, W, C, F]`` are embedded one by one, mean-pooled over the ``C`` elements of
+Shapes: elements ``[B, F, W, C]`` (features first) are embedded one by one, mean-pooled over the ``C`` elements of
 each token, mixed across the ``W`` tokens of a window by a small pre-LN transformer encoder (no
 positional table, so any tensor size works and cost stays linear in the parameter count), then
 broadcast back to the elements, where a per-element head emits three raw outputs ``(s, g, d)``.
@@ -130,15 +130,28 @@ class UpdateNetwork(nn.Module):
         self.out.weight[1, 0] = -strength
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor, window_ctx: torch.Tensor) -> torch.Tensor:
-        """``features`` [B,W,C,F], ``mask`` [B,W,C], ``window_ctx`` [B,K+2] -> raw outputs [B,W,C,3]."""
-        elem = torch.relu(self.embed(features))
-        count = mask.sum(dim=-1, keepdim=True)
-        pooled = (elem * mask.unsqueeze(-1)).sum(dim=2) / count.clamp(min=1.0)
+        """``features`` [B,F,W,C], ``mask`` [B,W,C], ``window_ctx`` [B,K+2] -> raw outputs [B,3,W,C].
+
+        Per-element layers are applied channel-first, ``y = W x + b`` on ``[B, channels, W*C]``,
+        so every broadcast runs along the long element axis: in onnxruntime's CPU kernels,
+        channel-last ``[..., C, 8] + [8]`` broadcasts cost several times the same arithmetic.
+        """
+        b, f, w, c = features.shape
+        flat_mask = mask.reshape(b, 1, w * c)
+        elem = _channel_linear(self.embed, features.reshape(b, f, w * c)).relu() * flat_mask
+        count = mask.sum(dim=-1)
+        pooled = elem.reshape(b, -1, w, c).sum(dim=-1).transpose(1, 2) / count.clamp(min=1.0).unsqueeze(-1)
         tokens = self.pool_proj(pooled) + self.ctx_proj(window_ctx).unsqueeze(1)
-        key_bias = ((count.squeeze(-1) > 0).to(tokens.dtype) - 1.0) * 1e9
+        key_bias = ((count > 0).to(tokens.dtype) - 1.0) * 1e9
         key_bias = key_bias[:, None, None, :]
         for layer in self.encoder:
             tokens = layer(tokens, key_bias)
-        token_bias = self.token_to_head(tokens).unsqueeze(2)
-        hidden = torch.relu(self.element_to_head(elem) + token_bias)
-        return self.out(hidden)
+        token_bias = self.token_to_head(tokens).transpose(1, 2).unsqueeze(-1)
+        hidden = (_channel_linear(self.element_to_head, elem).reshape(b, -1, w, c) + token_bias).relu()
+        return _channel_linear(self.out, hidden.reshape(b, -1, w * c)).reshape(b, -1, w, c)
+
+
+def _channel_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` applied to the channel axis of ``x`` ``[B, in, L] -> [B, out, L]``: ``W x + b``."""
+    y = layer.weight @ x
+    return y if layer.bias is None else y + layer.bias[:, None]

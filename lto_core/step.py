@@ -97,7 +97,7 @@ def element_features(
     anchor: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Scale-free per-element features ``[B,W,C,6]`` (no raw gradient or parameter magnitudes).
+    """Scale-free per-element features ``[B,6,W,C]`` (no raw gradient or parameter magnitudes).
 
     * ``g / (sqrt(v_hat) + eps)``: the current gradient in units of its running RMS.
     * Adam's direction ``m_hat / (sqrt(v_hat) + eps)``.
@@ -119,9 +119,9 @@ def element_features(
             param / rms_param,
             torch.log(v_hat.clamp(min=_TINY) / masked_window_mean(v_hat, mask).clamp(min=_TINY)),
         ],
-        dim=-1,
+        dim=1,
     )
-    return feats.clamp(-FEATURE_CLIP, FEATURE_CLIP) * mask.unsqueeze(-1)
+    return feats.clamp(-FEATURE_CLIP, FEATURE_CLIP) * mask.unsqueeze(1)
 
 
 def window_context(ctx: torch.Tensor, step: torch.Tensor, since: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,7 @@ def modulated_update(
     ``s`` rescales the step within ``[e^-a, e^a]``, ``g`` gates plasticity in ``(0, 2)``, ``d`` adds
     a bounded direction of at most ``b`` Adam-units. At ``s = g = d = 0`` this is exactly Adam.
     """
-    s, g, d = raw.unbind(dim=-1)
+    s, g, d = raw.unbind(dim=1)
     factor = torch.exp(scale_a * torch.tanh(s)) * (2.0 * torch.sigmoid(g))
     return -lr * (direction * factor + direction_b * torch.tanh(d))
 

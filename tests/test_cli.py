@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from lto_export.cli import main
@@ -16,6 +18,21 @@ def test_export_then_validate(tmp_path):
     result = runner.invoke(main, ["validate", str(out), "--steps", "20"])
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
+
+
+def test_export_is_reproducible_and_free_of_build_paths(tmp_path):
+    import onnx
+
+    import lto_export
+
+    first, second = tmp_path / "a" / "x.onnx", tmp_path / "b" / "x.onnx"
+    for out in (first, second):
+        assert CliRunner().invoke(main, ["export", "--out", str(out)]).exit_code == 0
+    assert first.read_bytes() == second.read_bytes()
+    assert str(Path(lto_export.__file__).parent.parent).encode() not in first.read_bytes()
+    model = onnx.load(str(first))
+    assert not any(node.metadata_props for node in model.graph.node)
+    assert {p.key for p in model.metadata_props} >= {"lto.format", "lto.meta_train", "lto.checkpoint_sha256"}
 
 
 def test_validate_fails_against_the_wrong_checkpoint(random_head_files, zero_head_files):
