@@ -106,7 +106,8 @@ def element_features(
     * ``theta / rms_window(theta)``: relative parameter size.
     * ``log(v_hat / mean_window(v_hat))``: which elements see large gradients now.
 
-    Each is clipped to ``[-10, 10]`` and zeroed on padding.
+    Each is clipped to ``[-10, 10]``. Padding elements are not zeroed here: the network masks
+    them out of its pooling and the step masks their update, so a pass over all features is saved.
     """
     v_hat = exp_avg_sq / bc2
     rms_param = masked_window_mean(param * param, mask).clamp(min=_TINY).sqrt()
@@ -121,7 +122,7 @@ def element_features(
         ],
         dim=1,
     )
-    return feats.clamp(-FEATURE_CLIP, FEATURE_CLIP) * mask.unsqueeze(1)
+    return feats.clamp(-FEATURE_CLIP, FEATURE_CLIP)
 
 
 def window_context(ctx: torch.Tensor, step: torch.Tensor, since: torch.Tensor) -> torch.Tensor:
