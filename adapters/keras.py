@@ -40,6 +40,7 @@ class LTO(keras.optimizers.Optimizer):
         providers: onnxruntime providers: ``None`` (CPU), ``"auto"`` (CUDA when it really loads,
             else CPU) or a list. The providers in use are ``opt.runtime.providers``.
         max_batch_windows: windows per session call; bounds the step's extra memory.
+        threads: onnxruntime intra-op threads (0: onnxruntime's default, one per physical core).
         **kwargs: the base optimizer's arguments (``weight_decay`` is decoupled, as in every Keras
             optimizer; ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``use_ema``,
             ``loss_scale_factor``, ``gradient_accumulation_steps`` (torch backend only), ``name``).
@@ -73,6 +74,7 @@ class LTO(keras.optimizers.Optimizer):
         onnx_path: str | os.PathLike | None = None,
         providers: str | Sequence[str] | None = None,
         max_batch_windows: int = 256,
+        threads: int = 0,
         name: str = "lto",
         **kwargs: Any,
     ) -> None:
@@ -91,7 +93,8 @@ class LTO(keras.optimizers.Optimizer):
         self._providers_request = providers if providers is None or isinstance(providers, str) else tuple(providers)
         self.max_batch_windows = int(max_batch_windows)
         #: The onnxruntime session; ``runtime.providers`` are the providers really in use.
-        self.runtime = OptimizerSession(self.onnx_path, self._providers_request)
+        self.threads = threads
+        self.runtime = OptimizerSession(self.onnx_path, self._providers_request, threads)
         self._engine: StepEngine | None = None
 
     # -- engine ---------------------------------------------------------------------------------
@@ -196,6 +199,7 @@ class LTO(keras.optimizers.Optimizer):
             onnx_path=self.onnx_path,
             providers=list(providers) if isinstance(providers, tuple) else providers,
             max_batch_windows=self.max_batch_windows,
+            threads=self.threads,
         )
         return config
 

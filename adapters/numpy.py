@@ -34,6 +34,7 @@ class LTO:
         onnx_path: optimizer file; ``None`` for the packaged default.
         providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA if available).
         max_batch_windows: windows per session call (bounds memory).
+        threads: onnxruntime intra-op threads (0: onnxruntime's default, one per physical core).
 
     Example:
         >>> params = {"w": np.zeros((3, 2), np.float32)}
@@ -53,13 +54,14 @@ class LTO:
         onnx_path: str | os.PathLike | None = None,
         providers: str | Sequence[str] | None = None,
         max_batch_windows: int = 256,
+        threads: int = 0,
     ) -> None:
         if not isinstance(params, Mapping) or not params:
             raise ValueError("params must be a non-empty dict of name -> numpy array")
         self.params = {str(k): _check_param(str(k), v) for k, v in params.items()}
         self.hyper = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         hyper_row(**self.hyper)
-        self.runtime = OptimizerSession(onnx_path, providers)
+        self.runtime = OptimizerSession(onnx_path, providers, threads)
         self.engine = StepEngine(
             self.runtime,
             [p.shape for p in self.params.values()],

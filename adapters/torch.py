@@ -129,15 +129,18 @@ def step_tensors(engine: StepEngine, grads: Sequence[torch.Tensor | None], param
     return bad
 
 
-def _make_step_function(backend: str, onnx_path, checkpoint, providers):
+def _make_step_function(backend: str, onnx_path, checkpoint, providers, threads: int):
     """The step function and its ``(window, chunk)`` for ``backend``."""
     if backend == "onnx":
         if checkpoint is not None:
             raise ValueError("checkpoint= applies to backend='torch'; for backend='onnx' pass onnx_path=")
-        session = OptimizerSession(onnx_path, providers)
+        session = OptimizerSession(onnx_path, providers, threads)
         return session, session.spec.window, session.spec.chunk
-    if onnx_path is not None or providers is not None:
-        raise ValueError("onnx_path= and providers= apply to backend='onnx'; for backend='torch' pass checkpoint=")
+    if onnx_path is not None or providers is not None or threads:
+        raise ValueError(
+            "onnx_path=, providers= and threads= apply to backend='onnx'; for backend='torch' pass checkpoint= "
+            "(its threads are torch.set_num_threads)"
+        )
     from lto_core.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
     from lto_core.executor import TorchStepFunction
 
@@ -161,6 +164,8 @@ class LTO(torch.optim.Optimizer):
         providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA when it really loads, else
             CPU; or a list). The providers in use are ``opt.runtime.providers``.
         max_batch_windows: windows per step-function call; bounds the step's extra memory.
+        threads: onnxruntime intra-op threads for ``backend="onnx"`` (0: onnxruntime's default,
+            one per physical core); the torch backend follows ``torch.set_num_threads``.
 
     Call :meth:`task_boundary` when one task ends and the next begins. Gradients with NaN or Inf
     skip the whole step (with a warning naming the tensor); float16, bfloat16 and float64
@@ -186,6 +191,7 @@ class LTO(torch.optim.Optimizer):
         backend: str = "onnx",
         providers: str | Sequence[str] | None = None,
         max_batch_windows: int = 256,
+        threads: int = 0,
     ) -> None:
         hyper_row(lr, betas, eps, weight_decay)
         if backend not in BACKENDS:
@@ -197,7 +203,7 @@ class LTO(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.backend = backend
         self.max_batch_windows = max_batch_windows
-        self.runtime, self._window, self._chunk = _make_step_function(backend, onnx_path, checkpoint, providers)
+        self.runtime, self._window, self._chunk = _make_step_function(backend, onnx_path, checkpoint, providers, threads)
         self._engine_params: list[torch.Tensor] = []
         self._sync_engine()
 

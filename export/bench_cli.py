@@ -32,6 +32,7 @@ def build_optimizer(
     momentum: float = 0.0,
     gate_c: float = 1.0,
     onnx_path: str | None = None,
+    threads: int = 0,
 ) -> torch.optim.Optimizer:
     """The optimizer called ``name`` over ``params``.
 
@@ -39,7 +40,7 @@ def build_optimizer(
     (EWC's penalty comes separately) are ``torch.optim.Adam``, ``adam-foreach`` is
     ``Adam(foreach=True)``, ``gated-adam`` is :class:`lto_core.baselines.GatedAdam` with
     ``gate=gate_c``; ``lto``/``lto-onnx`` is ``LTO`` on onnxruntime (``onnx_path`` or the packaged
-    default file), ``lto-torch`` ``LTO(backend="torch")``. Module-level, so a
+    default file, with ``threads`` onnxruntime threads), ``lto-torch`` ``LTO(backend="torch")``. Module-level, so a
     ``functools.partial`` of it pickles into the speed benchmark's memory probe.
     """
     if name == "sgd":
@@ -55,7 +56,7 @@ def build_optimizer(
     from lto_adapters.torch import LTO
 
     if name in ("lto", "lto-onnx"):
-        return LTO(params, lr=lr, onnx_path=onnx_path)
+        return LTO(params, lr=lr, onnx_path=onnx_path, threads=threads)
     if name == "lto-torch":
         return LTO(params, lr=lr, backend="torch")
     raise ValueError(f"unknown optimizer {name!r}")
@@ -245,19 +246,19 @@ def _parse_sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
-def _onnxruntime_threads(onnx_path: str | None) -> str:
+def _onnxruntime_threads(onnx_path: str | None, threads: int) -> str:
     """How many intra-op threads the LTO adapter's onnxruntime session was given."""
     import onnxruntime as ort
 
-    probe = build_optimizer("lto-onnx", [torch.zeros(4, requires_grad=True)], onnx_path=onnx_path)
-    threads = probe.runtime.session.get_session_options().intra_op_num_threads
-    setting = "onnxruntime's default (one per physical core)" if threads == 0 else str(threads)
+    probe = build_optimizer("lto-onnx", [torch.zeros(4, requires_grad=True)], onnx_path=onnx_path, threads=threads)
+    used = probe.runtime.session.get_session_options().intra_op_num_threads
+    setting = "onnxruntime's default (one per physical core)" if used == 0 else str(used)
     return f"{setting}; onnxruntime {ort.__version__}"
 
 
 @bench.command()
 @click.option("--sizes", default=None, help="Comma-separated parameter counts. [default: 1e5,1e6,1e7; --quick: 1e4]")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads (default: torch's choice).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads and LTO's onnxruntime threads (default: each library's choice).")
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed steps per size. [default: clip(2e7/size, 3, 20); --quick: 3]")
 @click.option("--optimizers", default=",".join(SPEED_OPTIMIZERS), show_default=True, help="Comma-separated; adam (the reference) is always included.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak extra memory (one fresh process per optimizer and size).")
@@ -267,7 +268,7 @@ def _onnxruntime_threads(onnx_path: str | None) -> str:
 def speed(sizes, threads, repeats, optimizers, memory, onnx_path, out, quick) -> None:
     """Time one optimizer step: LTO (onnx and torch backends), Adam (default and foreach), SGD.
 
-    Same tensors, same process, same torch threads. Prints median and min-max over repeats, the
+    Same tensors, same process, same threads (with --threads). Prints median and min-max over repeats, the
     ratio to torch.optim.Adam, parameters per second and peak extra memory beyond the state.
     """
     from tqdm import tqdm
@@ -287,11 +288,9 @@ def speed(sizes, threads, repeats, optimizers, memory, onnx_path, out, quick) ->
     notes = _lto_notes(names, onnx_path)
     click.echo(f"torch threads: {torch.get_num_threads()}")
     if "lto-onnx" in names:
-        notes["onnxruntime_intra_op_threads"] = _onnxruntime_threads(onnx_path)
+        notes["onnxruntime_intra_op_threads"] = _onnxruntime_threads(onnx_path, threads or 0)
         click.echo(f"onnxruntime intra-op threads: {notes['onnxruntime_intra_op_threads']}")
-        if threads is not None:
-            click.echo("note: --threads sets torch's threads; the LTO adapter has no threads option, so onnxruntime keeps its default")
-    methods = {name: functools.partial(build_optimizer, name, onnx_path=onnx_path) for name in names}
+    methods = {name: functools.partial(build_optimizer, name, onnx_path=onnx_path, threads=threads or 0) for name in names}
     bar = tqdm(total=len(config.sizes) * len(methods), desc="lto bench speed", unit="run", dynamic_ncols=True)
 
     def progress(label: str) -> None:

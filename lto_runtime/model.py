@@ -292,6 +292,8 @@ class OptimizerSession:
     def __init__(
         self, path: str | os.PathLike | None = None, providers: str | Sequence[ProviderSpec] | None = None, threads: int = 0
     ) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"Invalid threads: {threads!r}; pass a whole number of onnxruntime intra-op threads >= 1, or 0 for onnxruntime's default")
         model, self.spec = read_optimizer_file(default_model_path() if path is None else path)
         requested = resolve_providers(providers)
         options = ort.SessionOptions()

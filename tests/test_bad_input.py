@@ -53,6 +53,21 @@ def test_sparse_gradient_is_refused():
     assert torch.equal(emb.weight, before)
 
 
+@pytest.mark.parametrize("threads", [-1, 1.5, True, "2"])
+def test_bad_threads_are_named(threads):
+    with pytest.raises(ValueError, match=r"Invalid threads: .*whole number"):
+        LTO(torch.nn.Linear(2, 2).parameters(), threads=threads)
+    with pytest.raises(ValueError, match=r"Invalid threads"):
+        NumpyLTO({"w": np.zeros(3, np.float32)}, threads=threads)
+
+
+def test_threads_set_the_session_and_belong_to_the_onnx_backend():
+    for front in (LTO(torch.nn.Linear(2, 2).parameters(), threads=1), NumpyLTO({"w": np.zeros(3, np.float32)}, threads=1)):
+        assert front.runtime.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError, match=r"threads= apply to backend='onnx'"):
+        LTO(torch.nn.Linear(2, 2).parameters(), backend="torch", threads=2)
+
+
 def test_complex_parameter_is_refused():
     p = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
     opt = LTO([p])

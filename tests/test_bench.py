@@ -302,6 +302,7 @@ def test_bench_train_quick(tmp_path):
 def test_bench_speed_quick(tmp_path):
     output = _invoke(["bench", "speed", "--quick", "--sizes", "2e3", "--repeats", "2", "--threads", "1", "--no-memory", "--out", str(tmp_path)])
     assert "lto-onnx / adam =" in output and "lto-onnx / lto-torch =" in output
+    assert "onnxruntime intra-op threads: 1;" in output  # --threads reaches LTO's session too
     payload = json.loads((tmp_path / "results.json").read_text())
     assert {r["optimizer"] for r in payload["records"]} == {"lto-onnx", "lto-torch", "adam", "adam-foreach", "sgd"}
     for record in payload["records"]:

@@ -159,7 +159,7 @@ def test_learning_rate_schedule_drives_the_step_and_config_round_trips(digits):
     config = opt.get_config()
     clone = LTO.from_config({**config})  # Keras' from_config replaces the schedule's config in place
     assert clone.get_config() == config
-    assert (clone.beta_2, clone.max_batch_windows, config["providers"]) == (0.99, 8, "auto")
+    assert (clone.beta_2, clone.max_batch_windows, config["providers"], config["threads"]) == (0.99, 8, "auto", 0)
     assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).get_config() == config
 
 
