@@ -209,5 +209,33 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
         click.echo(f"best: iteration {progress.best_iteration}, ACC {best['val_acc']:.3f} BWT {best['val_bwt']:+.3f} -> {Path(out) / 'best.safetensors'}")
 
 
+@main.command("gate-sweep")
+@click.option("--strengths", default="0,1,2,4,8", show_default=True, help="Comma-separated gate strengths (0: plain Adam).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="JSON overriding MetaTrainConfig fields (its validation_family is used).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the validation problems, as in lto meta-train.")
+def gate_sweep_cmd(strengths: str, config_file: str | None, seed: int) -> None:
+    """Validate importance-gated Adam at several strengths on lto meta-train's validation problems.
+
+    The best strength is the packaged default's (`lto export --gate-init S --as-default`) and the
+    start of meta-training (`gate_init`).
+    """
+    import torch
+
+    from lto_core.meta_train import MetaTrainConfig, gate_sweep
+
+    try:
+        values = [float(v) for v in strengths.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{strengths!r} is not a comma-separated list of numbers such as 0,2,8", param_hint="--strengths") from None
+    torch.set_num_threads(1)
+    config = MetaTrainConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else MetaTrainConfig()
+    scores = gate_sweep(values, config, seed)
+    click.echo(f"{'gate_init':>9}  {'ACC':>6}  {'BWT':>7}   ({config.validation_problems} validation problems, seed {seed})")
+    for strength, score in scores.items():
+        click.echo(f"{strength:>9g}  {score['acc']:.4f}  {score['bwt']:+.4f}")
+    best = max(scores, key=lambda k: scores[k]["acc"])
+    click.echo(f"best: gate_init {best:g} (ACC {scores[best]['acc']:.4f})")
+
+
 if __name__ == "__main__":
     main()

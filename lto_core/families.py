@@ -47,7 +47,7 @@ class Family:
     streams: tuple[str, ...] = ("split", "permuted", "remapped")
     scenarios: tuple[str, ...] = ("task", "domain")
     archs: tuple[str, ...] = ("mlp", "cnn", "transformer")
-    tasks: tuple[int, int] = (3, 5)
+    tasks: tuple[int, int] = (3, 6)
     steps_per_task: tuple[int, int] = (40, 400)
     lr: tuple[float, float] = (3e-4, 3e-3)
     batch_size: int = 32

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from lto_core.checkpoint import load_checkpoint
 from lto_core.families import Family
-from lto_core.meta_train import MetaTrainConfig, meta_train, soft_error
+from lto_core.meta_train import MetaTrainConfig, gate_sweep, meta_train, soft_error, validate, validation_specs
 from lto_core.step import StepGraph
 from lto_export.cli import main
 
@@ -137,3 +137,18 @@ def test_cli_meta_train_writes_a_run_and_reports(tmp_path):
     again = CliRunner().invoke(main, ["meta-train", "--out", str(out), "--config", str(config), "--seed", "2", "--resume"])
     assert again.exit_code == 0 and "iterations 2/2" in again.output
     assert Family.from_dict(json.loads((out / "progress.json").read_text())["config"]["family"]).archs == ("mlp",)
+
+
+def test_gate_sweep_zero_is_adam_and_the_cli_names_the_best(tmp_path):
+    config = _config()
+    scores = gate_sweep([0.0, 4.0], config, seed=0)
+    adam = validate(StepGraph(config.network), validation_specs(config, 0))  # zero head: exactly Adam
+    assert scores[0.0] == adam and scores[4.0] != adam
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(config.to_dict()))
+    result = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,4", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    best = max(scores, key=lambda k: scores[k]["acc"])
+    assert f"best: gate_init {best:g} (ACC {scores[best]['acc']:.4f})" in result.output
+    bad = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,x", "--config", str(path)])
+    assert bad.exit_code == 2 and "comma-separated list of numbers" in bad.output
