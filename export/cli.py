@@ -216,8 +216,8 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
 def gate_sweep_cmd(strengths: str, config_file: str | None, seed: int) -> None:
     """Validate importance-gated Adam at several strengths on lto meta-train's validation problems.
 
-    The best strength is the packaged default's (`lto export --gate-init S --as-default`) and the
-    start of meta-training (`gate_init`).
+    A guide for the packaged default's strength (`lto export --gate-init S --as-default`) and
+    meta-training's start (`gate_init`); check a choice on unseen streams with `lto bench cl`.
     """
     import torch
 
@@ -230,7 +230,8 @@ def gate_sweep_cmd(strengths: str, config_file: str | None, seed: int) -> None:
     torch.set_num_threads(1)
     config = MetaTrainConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else MetaTrainConfig()
     scores = gate_sweep(values, config, seed)
-    click.echo(f"{'gate_init':>9}  {'ACC':>6}  {'BWT':>7}   ({config.validation_problems} validation problems, seed {seed})")
+    problems = f"{config.validation_problems} validation problem{'' if config.validation_problems == 1 else 's'}"
+    click.echo(f"{'gate_init':>9}  {'ACC':>6}  {'BWT':>7}   ({problems}, seed {seed})")
     for strength, score in scores.items():
         click.echo(f"{strength:>9g}  {score['acc']:.4f}  {score['bwt']:+.4f}")
     best = max(scores, key=lambda k: scores[k]["acc"])
