@@ -152,3 +152,12 @@ def test_gate_sweep_zero_is_adam_and_the_cli_names_the_best(tmp_path):
     assert f"best: gate_init {best:g} (ACC {scores[best]['acc']:.4f})" in result.output
     bad = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,x", "--config", str(path)])
     assert bad.exit_code == 2 and "comma-separated list of numbers" in bad.output
+
+
+def test_validation_problems_cover_every_source_and_stream_kind():
+    config = MetaTrainConfig()
+    specs = validation_specs(config, seed=0)
+    assert len(specs) == config.validation_problems == 8
+    assert {s.data for s in specs} == set(config.validation_family.data)
+    assert {s.stream for s in specs} == set(config.validation_family.streams)
+    assert specs == validation_specs(config, seed=0) and specs != validation_specs(config, seed=1)
