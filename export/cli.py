@@ -168,6 +168,13 @@ from lto_export.bench_cli import bench  # noqa: E402  (registered after the verb
 
 main.add_command(bench)
 
+def _meta_train_config(config_file: str | None):
+    """The ``MetaTrainConfig`` of ``--config`` (a JSON file of overrides), or the defaults."""
+    from lto_core.meta_train import MetaTrainConfig
+
+    return MetaTrainConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else MetaTrainConfig()
+
+
 @main.command("meta-train")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoints, progress.json).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="JSON overriding MetaTrainConfig fields.")
@@ -184,10 +191,10 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
     import torch
     from tqdm import tqdm
 
-    from lto_core.meta_train import MetaTrainConfig, meta_train
+    from lto_core.meta_train import meta_train
 
     torch.set_num_threads(threads)
-    config = MetaTrainConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else MetaTrainConfig()
+    config = _meta_train_config(config_file)
     command = "lto meta-train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["meta-train"] else "lto meta-train"
     bar = tqdm(total=config.iterations, desc="meta-train", unit="problem", dynamic_ncols=True)
 
@@ -221,14 +228,14 @@ def gate_sweep_cmd(strengths: str, config_file: str | None, seed: int) -> None:
     """
     import torch
 
-    from lto_core.meta_train import MetaTrainConfig, gate_sweep
+    from lto_core.meta_train import gate_sweep
 
     try:
         values = [float(v) for v in strengths.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"{strengths!r} is not a comma-separated list of numbers such as 0,2,8", param_hint="--strengths") from None
     torch.set_num_threads(1)
-    config = MetaTrainConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else MetaTrainConfig()
+    config = _meta_train_config(config_file)
     scores = gate_sweep(values, config, seed)
     problems = f"{config.validation_problems} validation problem{'' if config.validation_problems == 1 else 's'}"
     click.echo(f"{'gate_init':>9}  {'ACC':>6}  {'BWT':>7}   ({problems}, seed {seed})")
