@@ -69,6 +69,7 @@ def main() -> None:
     steps = 20 if args.quick else args.steps
     validation_steps = 10 if args.quick else 60
 
+    torch.manual_seed(args.seed)  # the network's unused weights are random: seed them for a reproducible file
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out_dir or Path(tmp)
         # --8<-- [start:export]
