@@ -35,7 +35,7 @@ def test_zero_head_matches_adam_across_task_boundaries(zero_head_files):
 
 
 def test_gated_network_is_adam_until_the_first_boundary(tmp_path):
-    """``gate_init`` networks (the packaged default's kind) differ from Adam only after a boundary."""
+    """``gate_init`` networks (meta-training's starting point) differ from Adam only after a boundary."""
     from lto_export.onnx_export import initial_checkpoint
 
     checkpoint = initial_checkpoint(2.0, tmp_path / "gated.safetensors")

@@ -35,6 +35,18 @@ def test_default_file_loads_on_cpu():
     assert session.spec.window * session.spec.chunk > 0
 
 
+def test_default_file_records_its_meta_training():
+    """The packaged network is meta-trained by one documented command of at most an hour, on no
+    MNIST-family data, and says so in ``lto.meta_train``."""
+    _, spec = read_optimizer_file(default_model_path())
+    record = spec.meta_train
+    assert spec.meta_trained
+    assert record["command"].startswith("lto meta-train ") and "--seed" in record["command"]
+    assert isinstance(record["seed"], int) and 0 < record["minutes"] <= 60
+    assert record["data"] and not any("mnist" in source.lower() for source in record["data"])
+    assert record["validation_acc"] > record["adam_validation_acc"]
+
+
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="nowhere.onnx"):
         read_optimizer_file("/nowhere.onnx")
