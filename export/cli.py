@@ -223,8 +223,8 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
 def gate_sweep_cmd(strengths: str, config_file: str | None, seed: int) -> None:
     """Validate importance-gated Adam at several strengths on lto meta-train's validation problems.
 
-    A guide for the packaged default's strength (`lto export --gate-init S --as-default`) and
-    meta-training's start (`gate_init`); check a choice on unseen streams with `lto bench cl`.
+    A guide for meta-training's start (`gate_init`) and for hand-set files (`lto export
+    --gate-init S`); check a choice on unseen streams with `lto bench cl`.
     """
     import torch
 

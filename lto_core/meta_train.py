@@ -83,7 +83,7 @@ class MetaTrainConfig:
     outer_lr: float = 5e-4
     clip: float = 1.0
     #: Initial gate strength (see :meth:`UpdateNetwork.init_importance_gate`); 0 starts from Adam,
-    #: 2 from the packaged default.
+    #: 2 from the hand-set gate the packaged default was meta-trained from.
     gate_init: float = 2.0
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
@@ -228,8 +228,8 @@ def validate(graph: StepGraph, specs: Sequence[ProblemSpec]) -> dict[str, float]
 
 def gate_sweep(strengths: Sequence[float], config: MetaTrainConfig = MetaTrainConfig(), seed: int = 0) -> dict[float, dict[str, float]]:
     """Validation ACC and BWT of importance-gated Adam (:meth:`UpdateNetwork.init_importance_gate`)
-    at each strength, on the validation problems of a run with ``config`` and ``seed``: how the
-    packaged default's strength is chosen, with no held-out data."""
+    at each strength, on the validation problems of a run with ``config`` and ``seed``: how
+    meta-training's starting strength (``gate_init``) is chosen, with no held-out data."""
     specs = validation_specs(config, seed)
     scores = {}
     for strength in strengths:
