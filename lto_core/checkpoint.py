@@ -2,15 +2,19 @@
 
 Never pickle: weights load with ``safetensors`` only, and the JSON holds the network sizes and the
 meta-training provenance (``meta_train``), which export copies into the ONNX metadata.
+
+Every file is written with :func:`write_atomically`: a reader (or a run resumed after a crash)
+sees the old file or the new one, never a torn one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from lto_core.network import NetworkConfig
 from lto_core.step import StepGraph
@@ -19,6 +23,43 @@ from lto_core.step import StepGraph
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.safetensors"
 #: Version of the checkpoint JSON layout this code reads and writes.
 CHECKPOINT_FORMAT = 1
+
+
+#: Fault injection for tests: when this environment variable holds a file name, the process ends
+#: at once (``os._exit``, no cleanup, like a kill) right after :func:`write_atomically` has written
+#: a file of that name. Tests use it to interrupt meta-training between two of its writes.
+EXIT_AFTER_WRITING_ENV = "LTO_EXIT_AFTER_WRITING"
+#: Exit status of a process ended by :data:`EXIT_AFTER_WRITING_ENV`.
+EXIT_AFTER_WRITING_STATUS = 75
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that no reader or crash ever sees a partial file.
+
+    The bytes go to ``PATH.tmp`` in the same directory, are flushed to disk (``fsync``), and the
+    temporary file is renamed over ``path`` (``os.replace``, atomic on POSIX and Windows); the
+    directory is then synced so the rename itself survives a power loss (POSIX).
+    """
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _sync_directory(path.parent)
+    if os.environ.get(EXIT_AFTER_WRITING_ENV) == path.name:
+        os._exit(EXIT_AFTER_WRITING_STATUS)
+
+
+def _sync_directory(directory: Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # Windows: a directory cannot be opened to sync it
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -35,9 +76,9 @@ def save_checkpoint(graph: StepGraph, path: str | Path, meta_train: dict) -> Pat
     weights, config = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in graph.state_dict().items()}
-    save_file(tensors, str(weights))
+    write_atomically(weights, save(tensors))
     doc = {"format": CHECKPOINT_FORMAT, "config": graph.config.to_dict(), "meta_train": meta_train}
-    config.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    write_atomically(config, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     return weights
 
 

@@ -16,8 +16,8 @@ the steep start of a task but not its plateau would otherwise buy early speed wi
 problems without gradients and keeps the checkpoint with the best mean ACC.
 
 Determinism: iteration ``i`` draws its problem and batches from ``(seed, i)`` alone, so a run that
-is interrupted and resumed (weights, outer Adam state and progress are checkpointed after every
-iteration) continues exactly as an uninterrupted one.
+is interrupted and resumed (weights, outer Adam state and progress are checkpointed atomically
+after every iteration, see :func:`meta_train`) continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from lto_core.checkpoint import load_checkpoint, save_checkpoint
+from lto_core.checkpoint import load_checkpoint, save_checkpoint, write_atomically
 from lto_core.continual import masked_logits
 from lto_core.families import Family, ProblemSpec, build_problem
 from lto_core.metrics import average_accuracy, backward_transfer
@@ -245,8 +245,8 @@ def gate_sweep(strengths: Sequence[float], config: MetaTrainConfig = MetaTrainCo
 def _save_outer(outer: torch.optim.Optimizer, path: Path) -> None:
     sd = outer.state_dict()
     tensors = {f"{i}.{k}": v.detach().clone() for i, st in sd["state"].items() for k, v in st.items()}
-    save_file(tensors, str(path.with_suffix(".safetensors")))
-    path.with_suffix(".json").write_text(json.dumps({"param_groups": sd["param_groups"], "state_keys": sorted(tensors)}))
+    write_atomically(path.with_suffix(".safetensors"), save(tensors))
+    write_atomically(path.with_suffix(".json"), json.dumps({"param_groups": sd["param_groups"], "state_keys": sorted(tensors)}).encode())
 
 
 def _load_outer(outer: torch.optim.Optimizer, path: Path) -> None:
@@ -273,6 +273,28 @@ class Progress:
     initial: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     seconds: float = 0.0
+    #: The checkpoint set this record belongs to: weights ``NAME.*``, outer Adam state ``NAME-outer.*``.
+    checkpoint: str = ""
+
+
+def _save_run(out: Path, graph: StepGraph, outer: torch.optim.Optimizer, progress: Progress) -> None:
+    """Checkpoint the run after an iteration so that an interrupt at any point resumes exactly.
+
+    Weights and outer Adam state go to a new set named by the iteration; ``progress.json``, written
+    after them, names that set; only then are older sets removed. Every file is replaced
+    atomically, so ``progress.json`` always names a complete set of the iteration it records.
+    ``last.*`` is a copy of the weights for users; resuming never reads it.
+    """
+    name = f"resume-{progress.iteration:06d}"
+    partial = {"meta_trained": True, "partial": True, "iteration": progress.iteration}
+    save_checkpoint(graph, out / name, partial)
+    _save_outer(outer, out / f"{name}-outer")
+    progress.checkpoint = name
+    write_atomically(out / "progress.json", json.dumps(asdict(progress), indent=1).encode())
+    for stale in out.glob("resume-*"):
+        if stale.name.split(".")[0] not in (name, f"{name}-outer"):
+            stale.unlink()
+    save_checkpoint(graph, out / "last", partial)
 
 
 def meta_train(
@@ -286,9 +308,13 @@ def meta_train(
 ) -> Progress:
     """Run (or resume) meta-training into ``out``; returns the final :class:`Progress`.
 
-    ``out`` receives ``last.*`` (weights, outer Adam state, ``progress.json``) after every
-    iteration and ``best.safetensors`` + ``best.json`` (an ordinary checkpoint, with provenance)
-    whenever validation improves. ``minutes`` (wall time of this call, validations included) stops the run early,
+    ``out`` receives, after every iteration, ``progress.json`` and the checkpoint set it names
+    (``resume-NNNNNN.*``: weights, ``resume-NNNNNN-outer.*``: outer Adam state; older sets are
+    removed), ``last.safetensors`` + ``last.json`` (the latest weights, an ordinary checkpoint),
+    and ``best.safetensors`` + ``best.json`` (an ordinary checkpoint, with provenance) whenever
+    validation improves. Each file is replaced atomically and ``progress.json`` is written after
+    the set it names, so a run killed at any point resumes exactly (a replayed iteration rewrites
+    ``best`` identically). ``minutes`` (wall time of this call, validations included) stops the run early,
     resumable with ``resume``.
     Validation of the zero-head network (exactly Adam) is the recorded ``baseline``, that of the
     starting network (see ``gate_init``) ``initial``; ``best`` is only written when meta-training
@@ -306,10 +332,12 @@ def meta_train(
     progress_path = out / "progress.json"
     if resume and progress_path.is_file():
         progress = Progress(**json.loads(progress_path.read_text()))
+        if not progress.checkpoint:
+            raise ValueError(f"{progress_path} names no checkpoint set: the run was written by an earlier lto, which this one cannot resume; use a new --out")
         if progress.seed != seed or progress.config != json.loads(json.dumps(config.to_dict())):
             raise ValueError(f"{out} holds a run with another seed or config; use a new --out or the same settings")
-        graph.load_state_dict(load_checkpoint(out / "last")[0].state_dict())
-        _load_outer(outer, out / "last-outer")
+        graph.load_state_dict(load_checkpoint(out / progress.checkpoint)[0].state_dict())
+        _load_outer(outer, out / f"{progress.checkpoint}-outer")
     else:
         progress = Progress(seed=seed, config=json.loads(json.dumps(config.to_dict())))
         progress.baseline = validate(StepGraph(config.network), specs)
@@ -333,9 +361,7 @@ def meta_train(
                 save_checkpoint(graph, out / "best", _provenance(progress, config, scores, command))
         progress.history.append(record)
         progress.seconds = elapsed_before + time.perf_counter() - started
-        save_checkpoint(graph, out / "last", {"meta_trained": True, "partial": True, "iteration": progress.iteration})
-        _save_outer(outer, out / "last-outer")
-        progress_path.write_text(json.dumps(asdict(progress), indent=1))
+        _save_run(out, graph, outer, progress)
         if on_iteration is not None:
             on_iteration(progress, meta_loss)
     return progress

@@ -132,7 +132,8 @@ def test_cli_meta_train_writes_a_run_and_reports(tmp_path):
     result = CliRunner().invoke(main, ["meta-train", "--out", str(out), "--config", str(config), "--seed", "2"])
     assert result.exit_code == 0, result.output
     assert "iterations 2/2" in result.output and "validation (held-out problems): Adam ACC" in result.output
-    for name in ("last.safetensors", "last.json", "last-outer.safetensors", "progress.json"):
+    resume = json.loads((out / "progress.json").read_text())["checkpoint"]
+    for name in ("last.safetensors", "last.json", f"{resume}.safetensors", f"{resume}-outer.safetensors"):
         assert (out / name).is_file()
     again = CliRunner().invoke(main, ["meta-train", "--out", str(out), "--config", str(config), "--seed", "2", "--resume"])
     assert again.exit_code == 0 and "iterations 2/2" in again.output
