@@ -18,7 +18,10 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from lto_runtime import STATE_NAMES, OptimizerSession, StepEngine, hyper_row
+from lto_runtime import MAX_BATCH_WINDOWS, STATE_NAMES, OptimizerSession, StepEngine, hyper_row
+
+#: Rows of the saved ``lto_counters`` array: each variable's counters, in this order.
+COUNTERS: tuple[str, ...] = ("step", "steps_since_boundary", "boundaries", "boundary_pending")
 
 #: Keras backends ``LTO`` runs on.
 BACKENDS = ("torch", "jax")
@@ -40,25 +43,25 @@ class LTO(keras.optimizers.Optimizer):
         providers: onnxruntime providers: ``None`` (CPU), ``"auto"`` (CUDA when it really loads,
             else CPU) or a list. The providers in use are ``opt.runtime.providers``.
         max_batch_windows: windows per session call; bounds the step's extra memory.
-        threads: onnxruntime intra-op threads (0: onnxruntime's default, one per physical core).
+        threads: onnxruntime intra-op threads (default 1; 0: onnxruntime's choice, one per physical core).
         **kwargs: the base optimizer's arguments (``weight_decay`` is decoupled, as in every Keras
             optimizer; ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``use_ema``,
             ``loss_scale_factor``, ``gradient_accumulation_steps`` (torch backend only), ``name``).
 
-    Where the state lives: per-element state (``exp_avg``, ``exp_avg_sq``, ``importance``,
-    ``anchor``) and the per-variable counters (step, steps since boundary, boundary pending) live
-    in the engine's window buffers (``opt.engine``), not in Keras variables; ``opt.variables``
-    holds only Keras' ``iteration`` and ``learning_rate``. :meth:`save_own_variables` and
-    :meth:`load_own_variables` write and read the engine state in Keras' weight store (keys
-    ``lto_state_<i>``: ``[4, *shape]`` float32 per trainable variable; ``lto_counters``:
-    ``[3, variables]`` int64), so ``model.save("m.keras")`` and ``keras.models.load_model`` resume
-    exactly.
+    Where the state lives: per-element state (``exp_avg``, ``exp_avg_sq``, ``log_importance``,
+    ``anchor``), per-token ``coefficients`` and the per-variable counters (step, steps since
+    boundary, boundaries, boundary pending) live in the engine (``opt.engine``), not in Keras
+    variables; ``opt.variables`` holds only Keras' ``iteration`` and ``learning_rate``.
+    :meth:`save_own_variables` and :meth:`load_own_variables` write and read the engine state in
+    Keras' weight store (keys ``lto_state_<i>``: ``[4, *shape]`` float32 per trainable variable;
+    ``lto_coefficients_<i>``: ``[tokens, 3]`` float32; ``lto_counters``: ``[4, variables]`` int64),
+    so ``model.save("m.keras")`` and ``keras.models.load_model`` resume exactly.
 
     Call :meth:`task_boundary` (or use the :class:`TaskBoundary` callback) when one task ends.
     Gradients with NaN or Inf skip the step: a warning names the variable, and parameters and
     engine state are unchanged (Keras' ``iterations`` still counts the step).
 
-    Example:
+    Examples:
         >>> model.compile(optimizer=LTO(learning_rate=1e-3), loss="sparse_categorical_crossentropy")
         >>> model.fit(x_task1, y_task1, callbacks=[TaskBoundary()])
         >>> model.fit(x_task2, y_task2, callbacks=[TaskBoundary()])
@@ -73,8 +76,8 @@ class LTO(keras.optimizers.Optimizer):
         *,
         onnx_path: str | os.PathLike | None = None,
         providers: str | Sequence[str] | None = None,
-        max_batch_windows: int = 256,
-        threads: int = 0,
+        max_batch_windows: int = MAX_BATCH_WINDOWS,
+        threads: int = 1,
         name: str = "lto",
         **kwargs: Any,
     ) -> None:
@@ -115,7 +118,7 @@ class LTO(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        kwargs = dict(window=self.runtime.spec.window, chunk=self.runtime.spec.chunk, max_batch_windows=self.max_batch_windows)
+        kwargs = dict(max_batch_windows=self.max_batch_windows)
         if keras.backend.backend() == "torch":
             from lto_adapters.torch import build_engine
 
@@ -209,12 +212,13 @@ class LTO(keras.optimizers.Optimizer):
         if self._engine is None:
             return
         engine = self._engine
-        for i in range(len(self._trainable_variables)):
-            state = engine.tensor_state(i)
+        states = [engine.tensor_state(i) for i in range(len(self._trainable_variables))]
+        for i, state in enumerate(states):
             store[f"{STATE_KEY_PREFIX}state_{i}"] = np.stack([state[name] for name in STATE_NAMES])
-        store[f"{STATE_KEY_PREFIX}counters"] = np.stack(
-            [engine.steps, engine.steps_since_boundary, engine.boundary_pending.astype(np.int64)]
-        )
+            store[f"{STATE_KEY_PREFIX}coefficients_{i}"] = state["coefficients"]
+        store[f"{STATE_KEY_PREFIX}counters"] = np.array(
+            [[int(s[name]) for s in states] for name in COUNTERS], dtype=np.int64
+        ).reshape(len(COUNTERS), len(states))
 
     def load_own_variables(self, store: Any) -> None:
         """Restore what :meth:`save_own_variables` wrote; everything is checked before anything changes.
@@ -241,8 +245,10 @@ class LTO(keras.optimizers.Optimizer):
         if counters_key not in keys:
             raise ValueError(f"the saved optimizer has no {counters_key!r}; it was not saved by lto's LTO")
         counters = np.asarray(store[counters_key])
-        if counters.shape != (3, count):
-            raise ValueError(f"saved {counters_key!r} has shape {counters.shape}; this optimizer has {count} variables, expected (3, {count})")
+        if counters.shape != (len(COUNTERS), count):
+            raise ValueError(
+                f"saved {counters_key!r} has shape {counters.shape}; this optimizer has {count} variables, expected ({len(COUNTERS)}, {count})"
+            )
         states = []
         for i, variable in enumerate(self._trainable_variables):
             key = f"{STATE_KEY_PREFIX}state_{i}"
@@ -251,19 +257,24 @@ class LTO(keras.optimizers.Optimizer):
             if value is None or value.shape != want:
                 got = "missing" if value is None else f"shape {value.shape}"
                 raise ValueError(f"saved optimizer state {key!r} for {variable.path} is {got}, expected shape {want}")
-            states.append(value)
+            coefficients = f"{STATE_KEY_PREFIX}coefficients_{i}"
+            if coefficients not in keys:
+                raise ValueError(f"saved optimizer state lacks {coefficients!r} for {variable.path}; it was not saved by this version of lto's LTO")
+            state = {name: value[s] for s, name in enumerate(STATE_NAMES)}
+            state["coefficients"] = np.asarray(store[coefficients])
+            state.update({name: counters[c, i].item() for c, name in enumerate(COUNTERS)})
+            state["boundary_pending"] = bool(state["boundary_pending"])
+            states.append(state)
+        checked = self.engine.check_states(states, [f"saved state of {v.path}" for v in self._trainable_variables])
         for i, variable in enumerate(self.variables):
             variable.assign(store[str(i)])
-        for i, value in enumerate(states):
-            state = {name: value[s] for s, name in enumerate(STATE_NAMES)}
-            state.update(step=int(counters[0, i]), steps_since_boundary=int(counters[1, i]), boundary_pending=bool(counters[2, i]))
-            self.engine.set_tensor_state(i, state)
+        self.engine.load_states(checked)
 
 
 class TaskBoundary(keras.callbacks.Callback):
     """Calls the model's :meth:`LTO.task_boundary` when ``fit`` ends: train one ``fit`` per task.
 
-    Example:
+    Examples:
         >>> for x, y in tasks:
         ...     model.fit(x, y, epochs=5, callbacks=[TaskBoundary()])
     """

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lto_runtime import OptimizerSession, StepEngine, hyper_row
+from lto_runtime import MAX_BATCH_WINDOWS, OptimizerSession, StepEngine, hyper_row
 
 
 def _check_param(name: str, array: object) -> np.ndarray:
@@ -34,9 +34,9 @@ class LTO:
         onnx_path: optimizer file; ``None`` for the packaged default.
         providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA if available).
         max_batch_windows: windows per session call (bounds memory).
-        threads: onnxruntime intra-op threads (0: onnxruntime's default, one per physical core).
+        threads: onnxruntime intra-op threads (default 1; 0: onnxruntime's choice, one per physical core).
 
-    Example:
+    Examples:
         >>> params = {"w": np.zeros((3, 2), np.float32)}
         >>> opt = LTO(params, lr=1e-2)
         >>> opt.step({"w": np.ones((3, 2), np.float32)})
@@ -53,8 +53,8 @@ class LTO:
         *,
         onnx_path: str | os.PathLike | None = None,
         providers: str | Sequence[str] | None = None,
-        max_batch_windows: int = 256,
-        threads: int = 0,
+        max_batch_windows: int = MAX_BATCH_WINDOWS,
+        threads: int = 1,
     ) -> None:
         if not isinstance(params, Mapping) or not params:
             raise ValueError("params must be a non-empty dict of name -> numpy array")
@@ -62,13 +62,7 @@ class LTO:
         self.hyper = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         hyper_row(**self.hyper)
         self.runtime = OptimizerSession(onnx_path, providers, threads)
-        self.engine = StepEngine(
-            self.runtime,
-            [p.shape for p in self.params.values()],
-            window=self.runtime.spec.window,
-            chunk=self.runtime.spec.chunk,
-            max_batch_windows=max_batch_windows,
-        )
+        self.engine = StepEngine(self.runtime, [p.shape for p in self.params.values()], max_batch_windows=max_batch_windows)
 
     @property
     def lr(self) -> float:
@@ -136,16 +130,20 @@ class LTO:
         """Restore what :meth:`state_dict` returned.
 
         Raises:
-            ValueError: the names or shapes do not match this optimizer's parameters; nothing changes.
+            ValueError: the dict is malformed, or its names, shapes or values do not fit this
+                optimizer; everything is checked first, so nothing changes then.
+            TypeError: a hyper-parameter is not a number.
         """
-        state = state_dict["state"]
-        if list(state) != list(self.params):
-            raise ValueError(f"state_dict holds parameters {list(state)}, this optimizer has {list(self.params)}")
-        hyper_row(**state_dict["hyper"])
-        for i, (name, param) in enumerate(self.params.items()):
-            for slot, value in state[name].items():
-                if isinstance(value, np.ndarray) and value.shape != param.shape:
-                    raise ValueError(f"state {slot!r} of {name!r} has shape {value.shape}, the parameter has {param.shape}")
-        self.hyper = dict(state_dict["hyper"])
-        for i, name in enumerate(self.params):
-            self.engine.set_tensor_state(i, state[name])
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"hyper", "state"}:
+            keys = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise ValueError(f"state_dict must be a dict with keys 'hyper' and 'state' (from LTO.state_dict()), got {keys}")
+        hyper, state = state_dict["hyper"], state_dict["state"]
+        if not isinstance(hyper, Mapping) or set(hyper) != set(self.hyper):
+            raise ValueError(f"state_dict['hyper'] must hold {sorted(self.hyper)}, got {hyper!r}")
+        hyper_row(**hyper)
+        if not isinstance(state, Mapping) or list(state) != list(self.params):
+            names = list(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"state_dict holds parameters {names}, this optimizer has {list(self.params)}")
+        checked = self.engine.check_states([state[n] for n in self.params], [f"state_dict['state'][{n!r}]" for n in self.params])
+        self.hyper = {**dict(hyper), "betas": tuple(hyper["betas"])}
+        self.engine.load_states(checked)

@@ -5,22 +5,26 @@ the state in window layout, and adds the updates to the parameters. ``backend="o
 default) computes the step with onnxruntime from an optimizer file; ``backend="torch"`` computes
 the same function with the PyTorch :class:`~lto_core.StepGraph` of a checkpoint.
 
-Where the state lives: in host memory, except when every parameter is on one CUDA device and the
-onnx session runs there (``providers="auto"`` with ``onnxruntime-gpu``); then the engine's buffers
-and state are CUDA tensors (:class:`TorchBuffers`) bound to onnxruntime by address, and no
-gradient, parameter or state crosses to the host during a step.
+Where the state lives: with ``backend="torch"``, in torch tensors on the parameters' device
+(:class:`TorchBuffers`), stepped by the compiled step graph; with ``backend="onnx"``, in host
+memory, except when every parameter is on one CUDA device and the onnx session runs there
+(``providers="auto"`` with ``onnxruntime-gpu``): then the engine's buffers and state are CUDA
+tensors bound to onnxruntime by address, and no gradient, parameter or state crosses to the host
+during a step. ``opt.state[p]`` reads a parameter's state from the engine, as tensors on its device.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from collections.abc import Iterator, MutableMapping
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from lto_runtime import STATE_NAMES, OptimizerSession, StepEngine, StepFunction, hyper_row
+from lto_runtime import MAX_BATCH_WINDOWS, OptimizerSession, StepEngine, StepFunction, hyper_row
 
 #: Execution strategies of the step: onnxruntime running an optimizer file, or the PyTorch step graph.
 BACKENDS = ("onnx", "torch")
@@ -32,6 +36,24 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype != torch.float32:
         tensor = tensor.float()
     return tensor.cpu().numpy()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of ``tensor`` this process holds and steps: a DTensor's local shard (FSDP2's
+    sharded parameters and their gradients; it shares the DTensor's storage), else ``tensor``."""
+    dtensor = sys.modules.get("torch.distributed.tensor")  # imported by whoever made a DTensor
+    if dtensor is not None and isinstance(tensor, dtensor.DTensor):
+        return tensor.to_local()
+    return tensor
+
+
+def _shard_like(state: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``state`` (shaped like ``param``'s local shard) as a DTensor laid out like ``param``, so
+    ``torch.distributed.checkpoint`` saves it sharded; ``state`` itself for plain parameters."""
+    local = _local(param)
+    if local is param or state.shape != local.shape:
+        return state.to(local.device)
+    return type(param).from_local(state.to(local.device), param.device_mesh, param.placements, shape=param.shape, stride=param.stride())
 
 
 class TorchBuffers:
@@ -56,12 +78,14 @@ class TorchBuffers:
         return array.detach().cpu().numpy()
 
     def nonfinite(self, arrays: Sequence[torch.Tensor | None]) -> list[int]:
-        """Indices of the tensors (``None`` skipped) holding NaN or Inf; one device-to-host read of flags."""
+        """Indices of the tensors (``None`` skipped) holding NaN or Inf; one device-to-host read of flags
+        (more only for a tensor whose sum is not finite)."""
         present = [(i, a) for i, a in enumerate(arrays) if a is not None]
         if not present:
             return []
-        finite = torch.stack([torch.isfinite(a).all() for _, a in present]).tolist()
-        return [i for (i, _), ok in zip(present, finite) if not ok]
+        # A finite sum proves every element finite in one read-only pass (as HostBuffers.nonfinite).
+        finite = torch.stack([a.sum().isfinite() for _, a in present]).tolist()
+        return [i for (i, a), ok in zip(present, finite) if not ok and not bool(torch.isfinite(a).all())]
 
     def synchronize(self) -> None:
         """Wait for torch's CUDA stream: onnxruntime reads the buffers on a stream of its own."""
@@ -70,36 +94,31 @@ class TorchBuffers:
 
 
 def resident_device(step_function: StepFunction, params: Sequence[torch.Tensor]) -> torch.device | None:
-    """The CUDA device to keep the engine on, or ``None`` for host memory.
+    """The device to keep the engine's buffers and state on, or ``None`` for host NumPy memory.
 
-    Device-resident when the step runs in an onnxruntime session on CUDA and every parameter lives
-    on one CUDA device; otherwise gradients and parameters are read through host NumPy views.
+    The parameters' device when they share one and the step runs there: always for the PyTorch
+    step (``backend="torch"``), and on CUDA for an onnxruntime session on CUDA. Otherwise gradients
+    and parameters are read through host NumPy views.
     """
     devices = {p.device for p in params}
-    if not isinstance(step_function, OptimizerSession) or "CUDAExecutionProvider" not in step_function.providers:
+    if len(devices) != 1:
         return None
-    if len(devices) != 1 or next(iter(devices)).type != "cuda":
-        return None
-    return next(iter(devices))
+    device = next(iter(devices))
+    if not isinstance(step_function, OptimizerSession):
+        return device
+    return device if device.type == "cuda" and "CUDAExecutionProvider" in step_function.providers else None
 
 
-def build_engine(
-    step_function: StepFunction, params: Sequence[torch.Tensor], *, window: int, chunk: int, max_batch_windows: int
-) -> StepEngine:
-    """A :class:`~lto_runtime.StepEngine` for ``params``, on their CUDA device when
+def build_engine(step_function: StepFunction, params: Sequence[torch.Tensor], *, max_batch_windows: int) -> StepEngine:
+    """A :class:`~lto_runtime.StepEngine` for ``params``, on their device when
     :func:`resident_device` allows it, else in host memory."""
     device = resident_device(step_function, params)
-    shapes = [tuple(p.shape) for p in params]
+    shapes = [tuple(_local(p).shape) for p in params]
     if device is None:
-        return StepEngine(step_function, shapes, window=window, chunk=chunk, max_batch_windows=max_batch_windows)
-    return StepEngine(
-        step_function.on_device("cuda", device.index or 0),
-        shapes,
-        window=window,
-        chunk=chunk,
-        max_batch_windows=max_batch_windows,
-        buffers=TorchBuffers(device),
-    )
+        return StepEngine(step_function, shapes, max_batch_windows=max_batch_windows)
+    if isinstance(step_function, OptimizerSession):
+        step_function = step_function.on_device("cuda", device.index or 0)
+    return StepEngine(step_function, shapes, max_batch_windows=max_batch_windows, buffers=TorchBuffers(device))
 
 
 @torch.no_grad()
@@ -113,6 +132,8 @@ def step_tensors(engine: StepEngine, grads: Sequence[torch.Tensor | None], param
         Indices of tensors whose gradient holds NaN or Inf; nothing changed then.
     """
     view = (lambda t: t.detach()) if isinstance(engine.buffers, TorchBuffers) else _as_numpy
+    grads = [None if g is None else _local(g) for g in grads]
+    params = [_local(p) for p in params]
     pending: dict[int, torch.Tensor] = {}
 
     def apply(index: int, start: int, stop: int, update) -> None:
@@ -129,14 +150,13 @@ def step_tensors(engine: StepEngine, grads: Sequence[torch.Tensor | None], param
     return bad
 
 
-def _make_step_function(backend: str, onnx_path, checkpoint, providers, threads: int):
-    """The step function and its ``(window, chunk)`` for ``backend``."""
+def _make_step_function(backend: str, onnx_path, checkpoint, providers, threads: int | None) -> StepFunction:
+    """The step function of ``backend``: an onnxruntime session, or the (compiled) PyTorch step graph."""
     if backend == "onnx":
         if checkpoint is not None:
             raise ValueError("checkpoint= applies to backend='torch'; for backend='onnx' pass onnx_path=")
-        session = OptimizerSession(onnx_path, providers, threads)
-        return session, session.spec.window, session.spec.chunk
-    if onnx_path is not None or providers is not None or threads:
+        return OptimizerSession(onnx_path, providers, 1 if threads is None else threads)
+    if onnx_path is not None or providers is not None or threads is not None:
         raise ValueError(
             "onnx_path=, providers= and threads= apply to backend='onnx'; for backend='torch' pass checkpoint= "
             "(its threads are torch.set_num_threads)"
@@ -145,7 +165,65 @@ def _make_step_function(backend: str, onnx_path, checkpoint, providers, threads:
     from lto_core.executor import TorchStepFunction
 
     graph, _ = load_checkpoint(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint)
-    return TorchStepFunction(graph), graph.config.window, graph.config.chunk
+    return TorchStepFunction(graph)
+
+
+class EngineState(MutableMapping):
+    """``LTO.state``: each parameter's state, read from and written to the engine.
+
+    ``opt.state[p]`` is a dict of copies (tensors on ``p``'s device, see
+    :meth:`~lto_runtime.StepEngine.tensor_state` for the keys), as ``torch.optim`` keeps state;
+    assigning one validates it and writes it to the engine. Parameters that were never stepped
+    have no entry.
+    """
+
+    def __init__(self, optimizer: "LTO") -> None:
+        self._optimizer = optimizer
+
+    def _index(self, param: torch.Tensor) -> int:
+        for i, p in enumerate(self._optimizer._engine_params):
+            if p is param:
+                return i
+        raise KeyError(param)
+
+    def __getitem__(self, param: torch.Tensor) -> dict[str, Any]:
+        engine = self._optimizer.engine
+        index = self._index(param)
+        state = engine.tensor_state(index)
+        if not (state["step"] or state["boundary_pending"]):
+            raise KeyError(param)
+        return {k: _shard_like(torch.from_numpy(v), param) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+    def __setitem__(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        self._optimizer.engine.set_tensor_state(self._index(param), _local_state(state))
+
+    def __delitem__(self, param: torch.Tensor) -> None:
+        engine = self._optimizer.engine
+        index = self._index(param)
+        engine.set_tensor_state(index, _fresh_state(engine, index))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        engine = self._optimizer.engine
+        counters = engine.counters
+        for i, p in enumerate(self._optimizer._engine_params):
+            if counters.step[i] or counters.boundary_pending[i]:
+                yield p
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _local_state(state: Any) -> Any:
+    """``state`` with DTensor values replaced by their local shards (what the engine holds)."""
+    if not isinstance(state, dict):
+        return state
+    return {k: _local(v) if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+def _fresh_state(engine: StepEngine, index: int) -> dict[str, Any]:
+    """The state of a tensor that was never stepped."""
+    state = engine.tensor_state(index)
+    return {k: np.zeros_like(v) if isinstance(v, np.ndarray) else type(v)(0) for k, v in state.items()}
 
 
 class LTO(torch.optim.Optimizer):
@@ -164,14 +242,15 @@ class LTO(torch.optim.Optimizer):
         providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA when it really loads, else
             CPU; or a list). The providers in use are ``opt.runtime.providers``.
         max_batch_windows: windows per step-function call; bounds the step's extra memory.
-        threads: onnxruntime intra-op threads for ``backend="onnx"`` (0: onnxruntime's default,
-            one per physical core); the torch backend follows ``torch.set_num_threads``.
+        threads: onnxruntime intra-op threads for ``backend="onnx"`` (default 1, so onnxruntime
+            does not compete with torch for cores; 0: onnxruntime's choice, one per physical core);
+            the torch backend follows ``torch.set_num_threads``.
 
     Call :meth:`task_boundary` when one task ends and the next begins. Gradients with NaN or Inf
     skip the whole step (with a warning naming the tensor); float16, bfloat16 and float64
     parameters are stepped in float32 and cast back.
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = LTO(model.parameters(), lr=1e-3)
         >>> model(torch.randn(8, 4)).pow(2).mean().backward()
@@ -190,22 +269,25 @@ class LTO(torch.optim.Optimizer):
         checkpoint: str | os.PathLike | None = None,
         backend: str = "onnx",
         providers: str | Sequence[str] | None = None,
-        max_batch_windows: int = 256,
-        threads: int = 0,
+        max_batch_windows: int = MAX_BATCH_WINDOWS,
+        threads: int | None = None,
     ) -> None:
         hyper_row(lr, betas, eps, weight_decay)
         if backend not in BACKENDS:
             raise ValueError(f"Invalid backend: {backend!r}; choose one of {BACKENDS}")
-        if max_batch_windows < 1:
-            raise ValueError(f"Invalid max_batch_windows: {max_batch_windows}; must be >= 1")
+        if isinstance(max_batch_windows, bool) or not isinstance(max_batch_windows, int) or max_batch_windows < 1:
+            raise ValueError(f"Invalid max_batch_windows: {max_batch_windows!r}; must be an int >= 1")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         self._engine: StepEngine | None = None
         super().__init__(params, defaults)
         self.backend = backend
         self.max_batch_windows = max_batch_windows
-        self.runtime, self._window, self._chunk = _make_step_function(backend, onnx_path, checkpoint, providers, threads)
+        #: The step function: an :class:`~lto_runtime.OptimizerSession` (``backend="onnx"``; its
+        #: ``providers`` are the onnxruntime providers in use) or the PyTorch step graph.
+        self.runtime = _make_step_function(backend, onnx_path, checkpoint, providers, threads)
         self._engine_params: list[torch.Tensor] = []
         self._sync_engine()
+        self.state = EngineState(self)  # type: ignore[assignment]
 
     # -- the engine follows the parameter list ----------------------------------------------------
 
@@ -224,7 +306,7 @@ class LTO(torch.optim.Optimizer):
             a is b for a, b in zip(params, self._engine_params)
         ):
             return self._engine
-        engine = build_engine(self.runtime, params, window=self._window, chunk=self._chunk, max_batch_windows=self.max_batch_windows)
+        engine = build_engine(self.runtime, params, max_batch_windows=self.max_batch_windows)
         if self._engine is not None:
             old = {id(p): i for i, p in enumerate(self._engine_params)}
             for i, p in enumerate(params):
@@ -294,44 +376,43 @@ class LTO(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """As ``torch.optim``: ``{"state": {index: {...}}, "param_groups": [...]}``.
 
-        Each parameter's state holds float32 tensors ``exp_avg``, ``exp_avg_sq``, ``importance``,
-        ``anchor`` of the parameter's shape, and the ints ``step``, ``steps_since_boundary`` and the
-        bool ``boundary_pending``. They are copies taken now; loading them resumes exactly.
+        Each stepped parameter's state holds float32 tensors ``exp_avg``, ``exp_avg_sq``,
+        ``log_importance``, ``anchor`` of the parameter's shape and ``coefficients``
+        ``[tokens, 3]``, the ints ``step``, ``steps_since_boundary``, ``boundaries`` and the bool
+        ``boundary_pending``. They are copies taken now; loading them resumes exactly.
         """
-        engine = self._sync_engine()
-        self.state.clear()
-        for i, p in enumerate(self._engine_params):
-            st = engine.tensor_state(i)
-            if st["step"] or st["boundary_pending"]:
-                self.state[p] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in st.items()}
-        packed = super().state_dict()
-        self.state.clear()
-        return packed
+        self._sync_engine()
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (param groups, their hyper-parameters, state)."""
+        """Restore what :meth:`state_dict` returned (param groups, their hyper-parameters, state).
+
+        Everything is checked first, so a malformed or foreign ``state_dict`` raises an error that
+        names the entry and changes nothing: not the parameters, the state, nor a hyper-parameter.
+        """
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"state_dict must be a dict with keys 'state' and 'param_groups' (from LTO.state_dict()), got {keys}")
+        groups, saved = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(groups, list) or len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups) if isinstance(groups, list) else groups!r} param groups, this optimizer has {len(self.param_groups)}")
+        for g, (group, mine) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(group, dict) or len(group.get("params", ())) != len(mine["params"]):
+                raise ValueError(f"state_dict param_groups[{g}] does not match this optimizer's group {g} (parameter count differs)")
+            try:
+                hyper_row(group.get("lr"), group.get("betas"), group.get("eps"), group.get("weight_decay"))
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"state_dict param_groups[{g}]: {err}") from None
         params = self._param_list()
-        saved = state_dict["state"]
-        for index, st in saved.items():
-            missing = [k for k in (*STATE_NAMES, "step", "steps_since_boundary", "boundary_pending") if k not in st]
-            if missing:
-                raise ValueError(f"state_dict entry {index} lacks {missing}; was it saved by lto's LTO?")
-            if not 0 <= int(index) < len(params):
-                raise ValueError(f"state_dict has state for parameter {index}, this optimizer has {len(params)}")
-            for slot in STATE_NAMES:
-                if tuple(st[slot].shape) != tuple(params[int(index)].shape):
-                    raise ValueError(
-                        f"state_dict {slot!r} of parameter {index} has shape {tuple(st[slot].shape)}, "
-                        f"the parameter has {tuple(params[int(index)].shape)}"
-                    )
-        super().load_state_dict(state_dict)
-        self.state.clear()
+        if not isinstance(saved, dict) or any(not isinstance(k, int) or not 0 <= k < len(params) for k in saved):
+            raise ValueError(f"state_dict['state'] must map parameter indices 0..{len(params) - 1} to state, got keys {list(saved) if isinstance(saved, dict) else saved!r}")
         engine = self._sync_engine()
-        for i, p in enumerate(self._engine_params):
-            st = saved.get(i)
-            if st is None:
-                zeros = np.zeros(tuple(p.shape), np.float32)
-                st = {**{k: zeros for k in STATE_NAMES}, "step": 0, "steps_since_boundary": 0, "boundary_pending": False}
-            else:
-                st = {k: v.detach().cpu().float().numpy() if torch.is_tensor(v) else v for k, v in st.items()}
-            engine.set_tensor_state(i, st)
+        states = [_local_state(saved.get(i)) for i in range(len(params))]
+        names = [f"state_dict['state'][{i}]" for i in range(len(params))]
+        fresh = [i for i, s in enumerate(states) if s is None]
+        for i in fresh:
+            states[i] = _fresh_state(engine, i)
+        checked = engine.check_states(states, names)
+        super().load_state_dict({"state": {}, "param_groups": groups})
+        self.state = EngineState(self)  # type: ignore[assignment]
+        self._sync_engine().load_states(checked)

@@ -1,9 +1,11 @@
 """Make your own optimizer file, export it to ONNX, validate it, and train with it.
 
-The step graph's update network is set by hand to a simple rule, instead of being meta-trained:
-Adam whose step is gated by the importance that task boundaries consolidate,
+The step graph's network is set by hand to a simple rule, instead of being meta-trained: every
+token gets the same coefficients, so each element follows Adam gated by the importance ``P =
+log(1 + Omega)`` that task boundaries consolidate, plus a pull back toward its value at the last
+boundary (EWC-like),
 
-    update = -lr * adam_direction * 2 * sigmoid(-c * log(1 + importance)),
+    update = -lr * (2 * sigmoid(-c * P) * adam_direction + rho * P * (theta - theta*) / rms_window(theta)),
 
 so an element that mattered for earlier tasks moves less, and before the first boundary (no
 importance yet) the rule is exactly Adam. The script saves it as a checkpoint, exports the ONNX
@@ -27,7 +29,6 @@ from lto_core import StepGraph, save_checkpoint
 from lto_core.continual import run_stream
 from lto_core.data import load_digits
 from lto_core.models import make_model
-from lto_core.network import ELEMENT_FEATURES
 from lto_core.streams import make_stream
 from lto_export import export_onnx
 from lto_export.validate import TOLERANCE, validate_file
@@ -35,25 +36,15 @@ from lto_runtime import read_optimizer_file
 
 
 # --8<-- [start:gate]
-def importance_gate(c: float) -> StepGraph:
-    """A step graph whose network outputs ``g = -c * log(1 + importance)`` and ``s = d = 0``.
+def importance_gate(c: float, rho: float) -> StepGraph:
+    """A step graph whose network gives every token the coefficients ``(alpha, beta, rho) = (0, c, rho)``.
 
-    Path through the network: one embedding unit copies the ``importance`` feature (it is
-    ``log(1 + importance)``, never negative, so the ReLU passes it), one head unit copies that
-    unit, and the output row of the gate ``g`` reads it with weight ``-c``. Everything else that
-    reaches the head is zeroed, so the transformer's token mixing does not enter.
+    The output layer's weights are zero and its bias holds the coefficients, so nothing the
+    network reads (and none of its random hidden weights) changes them.
     """
-    graph = StepGraph()  # the output head starts at zero: exactly Adam
-    net = graph.network
+    graph = StepGraph()  # the output layer starts at zero: exactly Adam
     with torch.no_grad():
-        net.embed.weight[0].zero_()
-        net.embed.weight[0, ELEMENT_FEATURES.index("importance")] = 1.0
-        net.embed.bias[0] = 0.0
-        net.element_to_head.weight.zero_()
-        net.element_to_head.weight[0, 0] = 1.0
-        net.token_to_head.weight.zero_()
-        net.token_to_head.bias.zero_()
-        net.out.weight[1, 0] = -c  # outputs are (s, g, d): row 1 is the plasticity gate g
+        graph.network.out.bias.copy_(torch.tensor([0.0, c, rho]))  # gate offset, gate slope, pull
     return graph
 # --8<-- [end:gate]
 
@@ -63,6 +54,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10-step validation and 20 steps per task (for CI)")
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write the files (default: a temporary folder)")
     parser.add_argument("--gate", type=float, default=2.0, help="c in 2*sigmoid(-c*log(1+importance))")
+    parser.add_argument("--pull", type=float, default=0.0, help="rho, the pull toward the anchor (0 to 1)")
     parser.add_argument("--steps", type=int, default=200, help="training steps per task in the stream")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -74,9 +66,9 @@ def main() -> None:
         out_dir = args.out_dir or Path(tmp)
         # --8<-- [start:export]
         checkpoint = save_checkpoint(
-            importance_gate(args.gate),
+            importance_gate(args.gate, args.pull),
             out_dir / "importance_gate",
-            meta_train={"meta_trained": False, "note": f"hand-set importance gate, c={args.gate}"},
+            meta_train={"meta_trained": False, "note": f"hand-set importance gate, c={args.gate}, rho={args.pull}"},
         )
         onnx_file = export_onnx(out_dir / "importance_gate.onnx", checkpoint)
         report = validate_file(onnx_file, checkpoint, steps=validation_steps)

@@ -7,14 +7,11 @@ runners in :mod:`lto_core.bench` may not) and drives a tqdm progress bar.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import click
 import torch
-
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 #: Optimizer names ``lto bench cl`` accepts, in the order the help lists them.
 CL_OPTIMIZERS = ("sgd", "adam", "ewc", "gated-adam", "lto", "lto-torch")
@@ -22,6 +19,18 @@ CL_OPTIMIZERS = ("sgd", "adam", "ewc", "gated-adam", "lto", "lto-torch")
 TRAIN_OPTIMIZERS = ("sgd", "adam", "lto", "lto-torch")
 #: ``lto bench speed``: the step implementations timed side by side; ``adam`` is the reference.
 SPEED_OPTIMIZERS = ("lto-onnx", "lto-torch", "adam", "adam-foreach", "sgd")
+#: Help of ``--threads`` on ``lto demo``, ``lto bench cl`` and ``lto bench train``.
+THREADS_HELP = (
+    "Threads for torch (torch.set_num_threads) and for LTO's onnxruntime session; 0: each library's default, "
+    "one per core. Default 1: these models are small, so more threads gain little, and pools of a thread "
+    "per core fight each other and any other busy process for the cores."
+)
+
+
+def set_torch_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)``, unless ``threads`` is 0 (torch's default: one per core)."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def build_optimizer(
@@ -73,14 +82,18 @@ def _parse_names(value: str, allowed: tuple[str, ...], option: str) -> list[str]
     return names
 
 
-def _methods(names: list[str], lr: float, sgd_lr: float, momentum: float, ewc_lambda: float, gate_c: float, onnx_path: str | None):
+def _methods(
+    names: list[str], lr: float, sgd_lr: float, momentum: float, ewc_lambda: float, gate_c: float, onnx_path: str | None, threads: int
+):
     """``{name: Method}`` with the hyper-parameters each one really uses, for the records."""
     from lto_core.baselines import EWC
     from lto_core.bench import Method
 
     methods = {}
     for name in names:
-        make = functools.partial(build_optimizer, name, lr=lr, sgd_lr=sgd_lr, momentum=momentum, gate_c=gate_c, onnx_path=onnx_path)
+        make = functools.partial(
+            build_optimizer, name, lr=lr, sgd_lr=sgd_lr, momentum=momentum, gate_c=gate_c, onnx_path=onnx_path, threads=threads
+        )
         settings: dict[str, Any] = {"lr": sgd_lr, "momentum": momentum} if name == "sgd" else {"lr": lr}
         regularizer = None
         if name == "ewc":
@@ -118,7 +131,7 @@ def _check_data(data: str, stream: str | None = None, scenario: str = "task", ta
         dataset = load_dataset(data, 0)
         if stream is not None:
             make_stream(dataset, stream, scenario, tasks, seed=0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         raise click.BadParameter(str(err), param_hint="--data") from None
 
 
@@ -161,6 +174,7 @@ def _shared_options(default_optimizers: str, allowed: tuple[str, ...]):
         click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Optimizer file for `lto` (default: the packaged one)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings in --out."),
         click.option("--quick", is_flag=True, help="Small run for a smoke test (fewer seeds and steps unless given)."),
+        click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help=THREADS_HELP),
     ]
 
     def decorate(command):
@@ -185,7 +199,7 @@ def bench() -> None:
 @click.option("--gate-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="Gated Adam: step / (1 + c * importance).")
 @_shared_options("sgd,adam,ewc,gated-adam,lto", CL_OPTIMIZERS)
 @click.option("--out", type=click.Path(file_okay=False), default="bench-results/cl", show_default=True, help="Directory for results.json, results.md and the plots.")
-def cl(stream, scenario, tasks, iters, ewc_lambda, gate_c, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, out) -> None:
+def cl(stream, scenario, tasks, iters, ewc_lambda, gate_c, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
     """Optimizers side by side on a continual-learning stream: ACC, BWT, FWT, curves, heatmaps.
 
     Within a seed every optimizer starts from the same weights and sees the same batches; the
@@ -208,7 +222,8 @@ def cl(stream, scenario, tasks, iters, ewc_lambda, gate_c, data, arch, optimizer
     )
     _check_data(data, stream, scenario, tasks)
     notes = _lto_notes(names, onnx_path)
-    methods = _methods(names, lr, sgd_lr, momentum, ewc_lambda, gate_c, onnx_path)
+    set_torch_threads(threads)
+    methods = _methods(names, lr, sgd_lr, momentum, ewc_lambda, gate_c, onnx_path, threads)
     _run_reported(run_cl, config, methods, notes, config.seeds * len(names) * tasks * iters, "lto bench cl", out, resume)
 
 
@@ -216,7 +231,7 @@ def cl(stream, scenario, tasks, iters, ewc_lambda, gate_c, data, arch, optimizer
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps. [default: 1000; --quick: 100]")
 @_shared_options("sgd,adam,lto", TRAIN_OPTIMIZERS)
 @click.option("--out", type=click.Path(file_okay=False), default="bench-results/train", show_default=True, help="Directory for results.json, results.md and curves.png.")
-def train(iters, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, out) -> None:
+def train(iters, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
     """Plain single-task training (all classes, one task): loss and accuracy curves and final figures."""
     from lto_core.bench import TrainConfig, run_train
 
@@ -232,7 +247,8 @@ def train(iters, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size
     )
     _check_data(data)
     notes = _lto_notes(names, onnx_path)
-    methods = _methods(names, lr, sgd_lr, momentum, 0.0, 0.0, onnx_path)
+    set_torch_threads(threads)
+    methods = _methods(names, lr, sgd_lr, momentum, 0.0, 0.0, onnx_path, threads)
     _run_reported(run_train, config, methods, notes, config.seeds * len(names) * iters, "lto bench train", out, resume)
 
 
@@ -264,8 +280,9 @@ def _onnxruntime_threads(onnx_path: str | None, threads: int) -> str:
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure peak extra memory (one fresh process per optimizer and size).")
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Optimizer file for lto-onnx (default: the packaged one).")
 @click.option("--out", type=click.Path(file_okay=False), default="bench-results/speed", show_default=True, help="Directory for results.json and results.md.")
+@click.option("--iteration", type=click.Choice(["mlp"]), default=None, help="Also time whole training iterations (forward, backward, step) of a 784-400-400-10 MLP at batch 128.")
 @click.option("--quick", is_flag=True, help="Small run for a smoke test.")
-def speed(sizes, threads, repeats, optimizers, memory, onnx_path, out, quick) -> None:
+def speed(sizes, threads, repeats, optimizers, memory, onnx_path, out, iteration, quick) -> None:
     """Time one optimizer step: LTO (onnx and torch backends), Adam (default and foreach), SGD.
 
     Same tensors, same process, same threads (with --threads). Prints median and min-max over repeats, the
@@ -282,6 +299,7 @@ def speed(sizes, threads, repeats, optimizers, memory, onnx_path, out, quick) ->
         threads=threads,
         repeats=repeats or (3 if quick else None),
         memory=memory,
+        iteration=iteration,
     )
     if threads is not None:
         torch.set_num_threads(threads)

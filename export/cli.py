@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+from lto_export.bench_cli import THREADS_HELP, bench, set_torch_threads
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,19 +20,23 @@ def main() -> None:
 
 @main.command()
 @click.option("--tasks", default=5, show_default=True, help="Tasks in the split-digits stream.")
-@click.option("--iters", default=300, show_default=True, help="Training steps per task.")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps per task. [default: 300; --quick: 50]")
 @click.option("--lr", default=1e-3, show_default=True, help="Learning rate for both optimizers.")
 @click.option("--seed", default=0, show_default=True)
-def demo(tasks: int, iters: int, lr: float, seed: int) -> None:
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help=THREADS_HELP)
+@click.option("--quick", is_flag=True, help="Fewer steps per task, for a smoke test.")
+def demo(tasks: int, iters: int | None, lr: float, seed: int, threads: int, quick: bool) -> None:
     """Train an MLP through a continual split-digits stream with Adam and with LTO; print ACC/BWT."""
     from lto_export.demo import run_demo
     from lto_runtime.model import read_optimizer_file, default_model_path
 
+    iters = iters or (50 if quick else 300)
+    set_torch_threads(threads)
     _, spec = read_optimizer_file(default_model_path())
     click.echo(f"split digits (scikit-learn), {tasks} task-incremental tasks, {iters} steps each, lr={lr}, MLP, seed {seed}")
     click.echo(f"LTO optimizer: packaged default, {spec.provenance}")
     click.echo(f"{'optimizer':<10} {'ACC':>7} {'BWT':>8} {'FWT':>7} {'seconds':>8}")
-    for run in run_demo(tasks, iters, lr, seed):
+    for run in run_demo(tasks, iters, lr, seed, threads):
         r = run.result
         click.echo(f"{run.name:<10} {r.acc:7.3f} {r.bwt:+8.3f} {r.fwt:+7.3f} {r.seconds:8.1f}")
     click.echo("ACC: mean accuracy over all tasks at the end; BWT < 0 means forgetting (GEM metrics).")
@@ -50,16 +54,16 @@ def export_cmd(checkpoint: str | None, out: str | None, as_default: bool, gate_i
 
     if as_default == (out is not None):
         raise click.UsageError("give exactly one of --out FILE or --as-default")
-    if gate_init is not None:
-        if checkpoint is not None:
-            raise click.UsageError("give --checkpoint or --gate-init, not both")
-        checkpoint = initial_checkpoint(gate_init, Path(out).with_suffix(".safetensors") if out else None)
-    if as_default:
-        if checkpoint is None:
-            raise click.UsageError("--as-default needs --checkpoint or --gate-init (the packaged default is already installed)")
-        path = install_default(checkpoint)
-    else:
-        path = export_onnx(out, checkpoint or DEFAULT_CHECKPOINT)
+    if gate_init is not None and checkpoint is not None:
+        raise click.UsageError("give --checkpoint or --gate-init, not both")
+    if as_default and checkpoint is None and gate_init is None:
+        raise click.UsageError("--as-default needs --checkpoint or --gate-init (the packaged default is already installed)")
+    # With --out the fresh checkpoint is kept beside the file; with --as-default install_default
+    # copies it beside lto_core, so it only needs a scratch folder that goes away afterwards.
+    with tempfile.TemporaryDirectory(prefix="lto-init-") as scratch:
+        if gate_init is not None:
+            checkpoint = initial_checkpoint(gate_init, Path(out).with_suffix(".safetensors") if out else Path(scratch) / "init.safetensors")
+        path = install_default(checkpoint) if as_default else export_onnx(out, checkpoint or DEFAULT_CHECKPOINT)
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
 
 
@@ -164,9 +168,8 @@ def validate(file: str, checkpoint: str | None, steps: int) -> None:
         sys.exit(1)
 
 
-from lto_export.bench_cli import bench  # noqa: E402  (registered after the verbs defined above)
-
 main.add_command(bench)
+
 
 def _meta_train_config(config_file: str | None):
     """The ``MetaTrainConfig`` of ``--config`` (a JSON file of overrides), or the defaults."""

@@ -13,7 +13,7 @@ import torch
 from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint, save_checkpoint
 from lto_core.step import StepGraph
 from lto_runtime import __version__
-from lto_runtime.format import CTX_NAMES, FORMAT, INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, STATE_NAMES
+from lto_runtime.format import CTX_NAMES, FORMAT, INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
 from lto_runtime.model import default_model_path, read_optimizer_file
 
 #: Opset of exported files.
@@ -21,27 +21,30 @@ OPSET = 18
 
 
 def example_inputs(graph: StepGraph, windows: int = 3, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random but well-formed step inputs for ``windows`` windows (export tracing and validation).
+    """Random but well-formed step inputs for ``windows`` windows, in :data:`INPUT_NAMES` order
+    (export tracing and validation).
 
-    Gradients and parameters are Gaussian, the mask cuts the last window short, the moments are
-    positive, and scalars are an Adam-like setting at step 7, with a boundary on window 0.
+    Gradients and parameters are Gaussian, the mask cuts the last window short, the moments and
+    importance are positive, the coefficients random, and scalars are an Adam-like setting at step
+    7 after one task boundary; even windows consolidate a boundary, odd ones (counted from the
+    last) refresh their coefficients.
     """
     w, c = graph.config.window, graph.config.chunk
     gen = torch.Generator().manual_seed(seed)
-    grad = torch.randn(windows, w, c, generator=gen)
-    param = torch.randn(windows, w, c, generator=gen)
     mask = torch.ones(windows, w, c)
     mask[-1, w // 2 :] = 0.0
-    grad, param = grad * mask, param * mask
-    state = torch.randn(len(STATE_NAMES), windows, w, c, generator=gen) * mask
-    state[1] = state[1].abs() * 1e-2
-    state[2] = state[2].abs()
+    grad, param = (torch.randn(windows, w, c, generator=gen) * mask for _ in range(2))
+    slots = {name: torch.randn(windows, w, c, generator=gen) * mask for name in STATE_NAMES}
+    slots["exp_avg_sq"] = slots["exp_avg_sq"].abs() * 1e-2
+    slots["log_importance"] = slots["log_importance"].abs()
+    coefficients = torch.rand(windows, w, len(TOKEN_STATE_NAMES), generator=gen) * mask[..., :1]
     row = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "step": 7.0,
-           "steps_since_boundary": 3.0, "boundary": 0.0, "active": 1.0}
+           "steps_since_boundary": 3.0, "boundaries": 1.0, "active": 1.0}
     scalars = torch.tensor([[row[n] for n in SCALAR_NAMES]] * windows)
-    scalars[0, SCALAR_NAMES.index("boundary")] = 1.0
     ctx = torch.rand(windows, len(CTX_NAMES), generator=gen)
-    return grad, param, mask, state, scalars, ctx
+    boundary_windows = torch.arange(0, windows, 2, dtype=torch.float32)
+    refresh_windows = torch.arange(windows - 1, -1, -2, dtype=torch.float32).flip(0)
+    return (grad, param, mask, *slots.values(), coefficients, scalars, ctx, boundary_windows, refresh_windows)
 
 
 def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) -> Path:
@@ -55,8 +58,9 @@ def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) ->
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("windows", min=1)
-    dynamic = {"grad": {0: batch}, "param": {0: batch}, "mask": {0: batch}, "state": {1: batch},
-               "scalars": {0: batch}, "ctx": {0: batch}}
+    dynamic = {name: {0: batch} for name in INPUT_NAMES}
+    dynamic["boundary_windows"] = {0: torch.export.Dim("boundary_windows", min=0)}
+    dynamic["refresh_windows"] = {0: torch.export.Dim("refresh_windows", min=0)}
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # it lists every torchvision op it skips
@@ -80,7 +84,9 @@ def export_onnx(out: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT) ->
         "lto.format": str(FORMAT),
         "lto.chunk": str(graph.config.chunk),
         "lto.window": str(graph.config.window),
+        "lto.refresh_every": str(graph.config.refresh_every),
         "lto.state": json.dumps(list(STATE_NAMES)),
+        "lto.token_state": json.dumps(list(TOKEN_STATE_NAMES)),
         "lto.scalars": json.dumps(list(SCALAR_NAMES)),
         "lto.ctx": json.dumps(list(CTX_NAMES)),
         "lto.version": __version__,
@@ -124,7 +130,7 @@ def initial_checkpoint(gate_init: float, path: str | Path | None = None) -> Path
     """Write the checkpoint of a network that has not been meta-trained and return its path.
 
     ``gate_init = 0`` is the zero-head network (exactly Adam); otherwise importance-gated Adam,
-    ``adam_dir * 2 / (1 + (1 + Omega)^gate_init)`` (:meth:`UpdateNetwork.init_importance_gate`).
+    ``adam_dir * 2 / (1 + (1 + Omega)^gate_init)`` (:meth:`TokenNetwork.init_importance_gate`).
     ``path`` defaults to a file in a new temporary folder.
     """
     torch.manual_seed(0)

@@ -15,8 +15,9 @@ from lto_core.data import load_digits
 from lto_core.executor import TorchStepFunction
 from lto_core.models import make_model
 from lto_core.streams import make_stream
-from lto_runtime.engine import StepEngine, hyper_row
-from lto_runtime.format import INPUT_NAMES
+from lto_runtime.engine import StepEngine
+from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES
+from lto_runtime.state import hyper_row
 from lto_runtime.model import OptimizerSession
 from lto_export.onnx_export import example_inputs
 
@@ -42,13 +43,28 @@ class ComparingStepFunction:
         self.max_difference = 0.0
         self.calls = 0
 
+    @property
+    def window(self) -> int:
+        """The candidate's tokens per window."""
+        return self.candidate.window
+
+    @property
+    def chunk(self) -> int:
+        """The candidate's elements per token."""
+        return self.candidate.chunk
+
+    @property
+    def refresh_every(self) -> int:
+        """The candidate's steps between network runs."""
+        return self.candidate.refresh_every
+
     def run(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         """Compute with both; write the candidate's outputs."""
         expected = {k: np.empty_like(v) for k, v in outputs.items()}
         self.reference.run(inputs, expected)
         self.candidate.run(inputs, outputs)
         self.calls += 1
-        diff = max(output_difference(expected[k], outputs[k]) for k in outputs)
+        diff = max((output_difference(expected[k], outputs[k]) for k in outputs), default=0.0)
         self.max_difference = max(self.max_difference, diff)
 
 
@@ -69,17 +85,17 @@ class ValidationReport:
 
 def _random_windows(compare: ComparingStepFunction, graph, trials: int = 5) -> None:
     for seed in range(trials):
-        inputs = [x.numpy() for x in example_inputs(graph, windows=1 + 2 * seed, seed=seed)]
-        feeds = dict(zip(INPUT_NAMES, inputs))
-        compare.run(feeds, {"update": np.empty_like(inputs[0]), "new_state": np.empty_like(inputs[3])})
+        feeds = {name: x.numpy() for name, x in zip(INPUT_NAMES, example_inputs(graph, windows=1 + 2 * seed, seed=seed))}
+        outputs = graph(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+        compare.run(feeds, {name: np.empty(tuple(x.shape), np.float32) for name, x in zip(OUTPUT_NAMES, outputs)})
 
 
-def _trajectory(compare: ComparingStepFunction, window: int, chunk: int, steps: int) -> None:
+def _trajectory(compare: ComparingStepFunction, steps: int) -> None:
     """Train a small MLP on a split-digits stream with the file driving, comparing every call."""
     stream = make_stream(load_digits(), "split", "task", 2, seed=0)
     model = make_model("mlp", stream.input_shape, stream.num_outputs, seed=0)
     params = list(model.parameters())
-    engine = StepEngine(compare, [tuple(p.shape) for p in params], window=window, chunk=chunk)
+    engine = StepEngine(compare, [tuple(p.shape) for p in params])
     hyper = np.tile(hyper_row(3e-3, (0.9, 0.999), 1e-8, 0.0), (len(params), 1))
 
     rng = np.random.default_rng(0)
@@ -97,12 +113,12 @@ def validate_file(path: str | Path, checkpoint: str | Path = DEFAULT_CHECKPOINT,
     ``steps``-step training trajectory with a task boundary half-way."""
     session = OptimizerSession(path)
     graph, _ = load_checkpoint(checkpoint)
-    reference = TorchStepFunction(graph)
+    reference = TorchStepFunction(graph, compile=False)
     random_cmp = ComparingStepFunction(reference, session)
     with torch.no_grad():
         _random_windows(random_cmp, graph)
     traj_cmp = ComparingStepFunction(reference, session)
-    _trajectory(traj_cmp, session.spec.window, session.spec.chunk, steps)
+    _trajectory(traj_cmp, steps)
     return ValidationReport(
         random_cmp.max_difference,
         traj_cmp.max_difference,

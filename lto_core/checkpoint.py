@@ -21,8 +21,8 @@ from lto_core.step import StepGraph
 
 #: The checkpoint of the optimizer that ships inside the package.
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.safetensors"
-#: Version of the checkpoint JSON layout this code reads and writes.
-CHECKPOINT_FORMAT = 1
+#: Version of the checkpoint JSON layout this code reads and writes (2: the token-level network of format-2 files).
+CHECKPOINT_FORMAT = 2
 
 
 #: Fault injection for tests: when this environment variable holds a file name, the process ends

@@ -82,7 +82,7 @@ class MetaTrainConfig:
     query_loss: str = "ce"
     outer_lr: float = 5e-4
     clip: float = 1.0
-    #: Initial gate strength (see :meth:`UpdateNetwork.init_importance_gate`); 0 starts from Adam,
+    #: Initial gate strength (see :meth:`TokenNetwork.init_importance_gate`); 0 starts from Adam,
     #: 2 from the hand-set gate the packaged default was meta-trained from.
     gate_init: float = 2.0
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -185,10 +185,13 @@ def meta_step_problem(graph: StepGraph, outer: torch.optim.Optimizer, spec: Prob
                 weights.append(step / spec.steps_per_task)
             if step % config.truncation == 0 or step == spec.steps_per_task:
                 meta = (torch.stack(terms) * torch.tensor(weights)).sum() / sum(weights)
-                outer.zero_grad()
-                meta.backward()
-                nn.utils.clip_grad_norm_(graph.parameters(), config.clip)
-                outer.step()
+                # Before the stream's first refresh the network has not acted (every step was Adam's),
+                # so the truncation carries no meta-gradient.
+                if meta.requires_grad:
+                    outer.zero_grad()
+                    meta.backward()
+                    nn.utils.clip_grad_norm_(graph.parameters(), config.clip)
+                    outer.step()
                 meta_losses.append(float(meta.detach()))
                 terms, weights = [], []
                 params = [p.detach() for p in params]
@@ -227,7 +230,7 @@ def validate(graph: StepGraph, specs: Sequence[ProblemSpec]) -> dict[str, float]
 
 
 def gate_sweep(strengths: Sequence[float], config: MetaTrainConfig = MetaTrainConfig(), seed: int = 0) -> dict[float, dict[str, float]]:
-    """Validation ACC and BWT of importance-gated Adam (:meth:`UpdateNetwork.init_importance_gate`)
+    """Validation ACC and BWT of importance-gated Adam (:meth:`TokenNetwork.init_importance_gate`)
     at each strength, on the validation problems of a run with ``config`` and ``seed``: how
     meta-training's starting strength (``gate_init``) is chosen, with no held-out data."""
     specs = validation_specs(config, seed)

@@ -1,70 +1,87 @@
-"""The step function ``(grad, param, mask, state, scalars, ctx) -> (update, new_state)``.
+"""The step function: gradients, parameters and state in, update and new state out.
 
 Everything per element lives here, so the PyTorch path (meta-training, ``backend="torch"``) and
-the exported ONNX graph compute the same numbers. All inputs are windows ``[B, W, C]``:
+the exported ONNX graph compute the same numbers. Inputs are windows ``[B, W, C]`` (see
+:mod:`lto_runtime.format` for names and order):
 
-* ``state`` ``[4, B, W, C]``: Adam's first and second moments ``m, v``, the consolidated
-  importance ``Omega`` and the anchor ``theta*`` (parameters at the last task boundary).
-* ``scalars`` ``[B, M]``: one row per window, named by :data:`SCALAR_NAMES`. They are per window,
-  not global, so one call can mix parameter groups (own ``lr``, betas) and tensors whose step
-  counts differ (a tensor that had no gradient on some step was not stepped).
+* state slots, one ``[B, W, C]`` array each: Adam's moments ``m, v``, the consolidated importance
+  as ``P = log(1 + Omega)`` and the anchor ``theta*`` (parameters at the last task boundary);
+* ``coefficients`` ``[B, W, 3]``: per token, what the network chose at its last refresh;
+* ``scalars`` ``[B, M]``: one row per window (hyper-parameters, counters, flags), per window so
+  that one call can mix parameter groups and tensors whose step counts differ;
 * ``ctx`` ``[B, K]``: static descriptors of the window's tensor (:mod:`lto_runtime.layout`).
 
-The names and orders of state slots and scalars are the file format's (:mod:`lto_runtime.format`).
+The learning sits at the token level: the network reads per-token summaries and emits three
+coefficients per token (:func:`token_features`, :class:`~lto_core.network.TokenNetwork`); every
+element then follows a closed form in Adam's direction, its importance and its drift
+(:func:`protected_update`). The network runs only on the ``refresh_windows`` (every
+``refresh_every`` steps once a task was consolidated) and consolidation only on the
+``boundary_windows``; both work on those windows alone, gathered by index, and their results take
+effect from the next step, so an ordinary step makes a handful of passes over the elements and
+writes only the update and Adam's moments.
 
-The rule is Adam-residual: with the network's output at zero it is exactly Adam with bias
-correction (Kingma & Ba, 2015) as ``torch.optim.Adam`` computes it. The network's output is only
-applied to windows that hold consolidated importance, i.e. after a task boundary: before the first
-boundary there is nothing to protect, so plain single-task training is exactly Adam whatever the
-network's weights (see :func:`memory_gate`).
+The rule is Adam-residual: with every coefficient zero it is exactly Adam with bias correction
+(Kingma & Ba, 2015) as ``torch.optim.Adam`` computes it, and the coefficients stay zero in windows
+that hold no consolidated importance (:func:`memory_gate`): plain single-task training is Adam
+whatever the network's weights.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from torch import nn
 
-from lto_core.network import NetworkConfig, UpdateNetwork
+from lto_core.network import NetworkConfig, TokenNetwork
 from lto_runtime.format import SCALAR_NAMES
 
-#: Bound on the scale-free features, so no single element can dominate the network's input.
+#: Bound on the scale-free features, so no single token can dominate the network's input.
 FEATURE_CLIP = 10.0
 #: Floor for denominators and logarithms. Applied with ``clamp``, never added: the ONNX optimizer
 #: folds ``x + 1e-30`` to ``x``, which would turn ``0/0`` into NaN in the exported graph only.
 _TINY = 1e-30
-_STEP = SCALAR_NAMES.index("step")
-_SINCE = SCALAR_NAMES.index("steps_since_boundary")
+#: Bounds of the coefficients: gate offset, gate slope, pull (see :func:`protected_update`).
+COEFFICIENT_BOUNDS: tuple[tuple[float, float], ...] = ((-4.0, 4.0), (0.0, 8.0), (0.0, 1.0))
 
 
-def masked_window_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def branch(pred: torch.Tensor, when_true: Callable, when_false: Callable, operands: Sequence[torch.Tensor]):
+    """``when_true(*operands)`` if ``pred`` else ``when_false(*operands)``.
+
+    Eager code (meta-training, the reference step) branches in Python; under export or
+    ``torch.compile`` it is ``torch.cond``, which becomes an ONNX ``If``: only the branch taken
+    runs, so a rare part of the step costs nothing on the steps that skip it.
+    """
+    if torch.compiler.is_compiling():
+        return torch.cond(pred, when_true, when_false, tuple(operands))
+    return when_true(*operands) if bool(pred) else when_false(*operands)
+
+
+def token_mean(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Mean over the real elements of each token, ``[B,W,C] -> [B,W]``; padding must be zero in ``x``."""
+    return x.sum(dim=-1) / count
+
+
+def window_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over the real (mask 1) elements of each window: ``[B,W,C] -> [B,1,1]``."""
     total = (x * mask).sum(dim=(1, 2), keepdim=True)
     return total / mask.sum(dim=(1, 2), keepdim=True).clamp(min=1.0)
 
 
 def consolidate_importance(
-    exp_avg_sq: torch.Tensor,
-    beta2: torch.Tensor,
-    prev_step: torch.Tensor,
-    importance: torch.Tensor,
-    anchor: torch.Tensor,
-    param: torch.Tensor,
-    mask: torch.Tensor,
-    boundary: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Task-boundary consolidation, applied where ``boundary`` is 1.
+    exp_avg_sq: torch.Tensor, bc2_prev: torch.Tensor, log_importance: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Task-boundary consolidation of the importance of the windows given.
 
     ``Omega <- Omega + v_hat / mean_window(v_hat)`` with ``v_hat = v / (1 - beta2^(t-1))`` the
     bias-corrected squared-gradient average, a diagonal Fisher estimate of the finished task
     (as in EWC, Kirkpatrick et al., 2017), normalized so that importance is dimensionless and
-    averages one per task. ``theta* <- theta``: the anchor moves to the parameters at the boundary.
+    averages one per task; stored as ``P = log(1 + Omega)``, the form the step uses. (The anchor
+    ``theta*`` moves to the parameters at the boundary.)
     """
-    correction = (1.0 - beta2**prev_step).clamp(min=1e-12)
-    fisher = exp_avg_sq / correction
-    fisher = fisher / masked_window_mean(fisher, mask).clamp(min=_TINY)
-    importance = importance + boundary * fisher * mask
-    anchor = torch.where(boundary > 0, param, anchor)
-    return importance, anchor
+    fisher = exp_avg_sq / bc2_prev.clamp(min=1e-12)
+    fisher = fisher / window_mean(fisher, mask).clamp(min=_TINY)
+    return torch.log1p(torch.expm1(log_importance) + fisher * mask)
 
 
 def adam_moments(
@@ -72,7 +89,7 @@ def adam_moments(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``m <- m + (1-beta1)(g - m)``, ``v <- beta2 v + (1-beta2) g^2`` (Adam's moment updates)."""
     exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)
-    exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
+    exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * (grad * grad)
     return exp_avg, exp_avg_sq
 
 
@@ -81,119 +98,249 @@ def adam_direction(
 ) -> torch.Tensor:
     """Adam's step for unit learning rate: ``(m / bc1) / (sqrt(v) / sqrt(bc2) + eps)``.
 
-    ``bc1 = 1 - beta1^t`` and ``bc2 = 1 - beta2^t`` are the bias corrections.
+    ``bc1 = 1 - beta1^t`` and ``bc2 = 1 - beta2^t`` are the bias corrections. Computed as
+    ``m / (sqrt(v) * bc1/sqrt(bc2) + eps*bc1)``, the same quantity with the per-window factors
+    folded, which saves a pass over the elements.
     """
-    return (exp_avg / bc1) / (exp_avg_sq.sqrt() / bc2.sqrt() + eps)
+    return exp_avg / (exp_avg_sq.sqrt() * (bc1 / bc2.sqrt()) + eps * bc1)
 
 
-def element_features(
+def token_features(
     grad: torch.Tensor,
     direction: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     bc2: torch.Tensor,
     eps: torch.Tensor,
-    importance: torch.Tensor,
+    log_importance: torch.Tensor,
     param: torch.Tensor,
     anchor: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Scale-free per-element features ``[B,6,W,C]`` (no raw gradient or parameter magnitudes).
+    """Scale-free summaries of each token's ``C`` elements, ``[B, W, 7]`` (:data:`~lto_core.network.TOKEN_FEATURES`).
 
-    * ``g / (sqrt(v_hat) + eps)``: the current gradient in units of its running RMS.
-    * Adam's direction ``m_hat / (sqrt(v_hat) + eps)``.
-    * ``log(1 + Omega)``: consolidated importance.
-    * ``(theta - theta*) / rms_window(theta)``: drift from the anchor.
-    * ``theta / rms_window(theta)``: relative parameter size.
-    * ``log(v_hat / mean_window(v_hat))``: which elements see large gradients now.
+    With ``g~ = g / (sqrt(v_hat) + eps)`` the gradient in units of its running RMS and ``d`` Adam's
+    direction, per token:
 
-    Each is clipped to ``[-10, 10]``. Padding elements are not zeroed here: the network masks
-    them out of its pooling and the step masks their update, so a pass over all features is saved.
+    * ``rms(g~)`` and ``rms(d)``: how large the current gradient and step are;
+    * ``mean(d) / rms(d)``: whether the token's elements move together;
+    * ``mean(P)``: consolidated importance;
+    * ``rms(theta - theta*) / rms_window(theta)``: drift from the anchor;
+    * ``sum(g~^2 P) / sum(g~^2) - mean(P)``: whether the new gradient's energy lands on important
+      elements (protection blocking learning) or beside them;
+    * ``log(mean(v_hat) / mean_window(v_hat))``: which tokens see large gradients.
+
+    Each is clipped to ``[-10, 10]``. Padding is zero in every input, so sums need no mask.
     """
+    count = mask.sum(dim=-1).clamp(min=1.0)
     v_hat = exp_avg_sq / bc2
-    rms_param = masked_window_mean(param * param, mask).clamp(min=_TINY).sqrt()
+    scaled = grad / (v_hat.sqrt() + eps)
+    energy = token_mean(scaled * scaled, count)
+    adam_rms = token_mean(direction * direction, count).sqrt()
+    importance = token_mean(log_importance, count)
+    rms_param = window_mean(param * param, mask).clamp(min=_TINY).sqrt()
+    drift = token_mean((param - anchor) ** 2, count).sqrt() / rms_param[..., 0]
+    overlap = token_mean(scaled * scaled * log_importance, count) / energy.clamp(min=_TINY) - importance
+    curvature = torch.log(token_mean(v_hat, count).clamp(min=_TINY) / window_mean(v_hat, mask)[..., 0].clamp(min=_TINY))
     feats = torch.stack(
-        [
-            grad / (v_hat.sqrt() + eps),
-            direction,
-            torch.log1p(importance),
-            (param - anchor) / rms_param,
-            param / rms_param,
-            torch.log(v_hat.clamp(min=_TINY) / masked_window_mean(v_hat, mask).clamp(min=_TINY)),
-        ],
-        dim=1,
+        [energy.sqrt(), adam_rms, token_mean(direction, count) / adam_rms.clamp(min=_TINY), importance, drift, overlap, curvature],
+        dim=-1,
     )
     return feats.clamp(-FEATURE_CLIP, FEATURE_CLIP)
 
 
-def window_context(ctx: torch.Tensor, step: torch.Tensor, since: torch.Tensor) -> torch.Tensor:
-    """Per-window network input ``[B, K+2]``: descriptors plus ``t/(t+1000)`` and ``t_b/(t_b+100)``.
+def window_context(ctx: torch.Tensor, step: torch.Tensor, since: torch.Tensor, boundaries: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """Per-window network input ``[B, K+4]``: descriptors, ``t/(t+1000)``, ``t_b/(t_b+100)``,
+    ``n/(n+2)`` and ``mean_window(P)``.
 
-    ``t`` counts steps, ``t_b`` steps since the last task boundary. Both features saturate, so a
-    run far longer than the meta-training unrolls stays inside the range the network was trained
-    on instead of extrapolating (an unbounded ``log t`` did, and hurt 500-step tasks).
+    ``t`` counts steps, ``t_b`` steps since the last task boundary, ``n`` the task boundaries
+    consolidated so far. The counters saturate, so a run far longer than the meta-training
+    unrolls stays inside the range the network was trained on instead of extrapolating.
     """
-    return torch.cat([ctx, step / (step + 1000.0), since / (since + 100.0)], dim=1)
+    return torch.cat([ctx, step / (step + 1000.0), since / (since + 100.0), boundaries / (boundaries + 2.0), importance], dim=1)
 
 
-def memory_gate(importance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``1`` for windows holding consolidated importance (``mean_window(Omega) > 0``), else ``0``: ``[B,1,1,1]``.
+def memory_gate(log_importance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1`` for windows holding consolidated importance (``mean_window(P) > 0``), else ``0``: ``[B,1,1]``.
 
-    Multiplies the network's raw outputs, so a window is stepped by exactly Adam until a task
-    boundary has consolidated some importance into it. This keeps the learned part to the job it
-    was meta-trained for (trading plasticity against forgetting) and plain training identical to
-    Adam; a meta-trained network that also reshaped single-task steps trained them worse.
+    Multiplies the coefficients, so a window is stepped by exactly Adam until a task boundary has
+    consolidated some importance into it: the learned part does the job it was meta-trained for
+    (trading plasticity against forgetting) and plain training is Adam.
     """
-    return (masked_window_mean(importance, mask) > 0.0).to(importance.dtype).unsqueeze(-1)
+    return (window_mean(log_importance, mask) > 0.0).to(log_importance.dtype)
 
 
-def modulated_update(
-    direction: torch.Tensor, raw: torch.Tensor, lr: torch.Tensor, scale_a: float, direction_b: float
+def bounded_coefficients(raw: torch.Tensor, rms_param: torch.Tensor) -> torch.Tensor:
+    """Network outputs ``[B, W, 3]`` -> stored coefficients ``(alpha, beta, c)``.
+
+    ``alpha`` and ``beta`` are the raw outputs clamped to :data:`COEFFICIENT_BOUNDS`;
+    ``c = rho / rms_window(theta)`` with ``rho`` the clamped third output, so the pull is measured
+    in the window's parameter scale. Zero outputs give zero coefficients: Adam.
+    """
+    alpha, beta, rho = (raw[..., i].clamp(lo, hi) for i, (lo, hi) in enumerate(COEFFICIENT_BOUNDS))
+    return torch.stack([alpha, beta, rho / rms_param[..., 0]], dim=-1)
+
+
+def protected_update(
+    direction: torch.Tensor,
+    log_importance: torch.Tensor,
+    param: torch.Tensor,
+    anchor: torch.Tensor,
+    coefficients: torch.Tensor,
+    lr: torch.Tensor,
 ) -> torch.Tensor:
-    """The Adam-residual rule: ``-lr * (adam_dir * exp(a*tanh(s)) * 2*sigmoid(g) + b*tanh(d))``.
+    """The closed form every element follows, with its token's coefficients ``(alpha, beta, c)``:
 
-    ``s`` rescales the step within ``[e^-a, e^a]``, ``g`` gates plasticity in ``(0, 2)``, ``d`` adds
-    a bounded direction of at most ``b`` Adam-units. At ``s = g = d = 0`` this is exactly Adam.
+    ``u = -lr * (2 sigmoid(alpha - beta P) d + c P (theta - theta*))``
+
+    with ``d`` Adam's direction and ``P = log(1 + Omega)``. The first term is Adam's step gated by
+    importance: ``beta = 2, alpha = 0`` is ``2 d / (1 + (1 + Omega)^2)``, importance-gated Adam;
+    ``alpha`` opens or closes the whole token. The second is an EWC-like pull toward the anchor,
+    proportional to importance and drift (the gradient of ``c P (theta - theta*)^2 / 2``), in
+    Adam's units since ``c`` carries ``1 / rms_window(theta)``. At zero coefficients ``u = -lr d``.
     """
-    s, g, d = raw.unbind(dim=1)
-    factor = torch.exp(scale_a * torch.tanh(s)) * (2.0 * torch.sigmoid(g))
-    return -lr * (direction * factor + direction_b * torch.tanh(d))
+    alpha, beta, pull = coefficients[..., None].unbind(dim=2)
+    gated = torch.sigmoid(alpha - beta * log_importance) * direction
+    (update,) = branch(
+        (pull != 0).any(),  # the pull's three passes over the elements only where a token pulls
+        lambda u, c, p, th, a, s: ((u + (0.5 * c) * (p * (th - a))) * s,),
+        lambda u, c, p, th, a, s: (u * s,),
+        (gated, pull, log_importance, param, anchor, -2.0 * lr),
+    )
+    return update
+
+
+def adam_step(
+    grad: torch.Tensor, param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, scalars: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam's part of the step: the new moments and Adam's direction ``(m', v', d)``, from the
+    gradient plus L2 weight decay ``g + wd * theta`` (as ``torch.optim.Adam``); the decay's two
+    passes over the elements are skipped when no window has any."""
+    column = SCALAR_NAMES.index("weight_decay")
+    return branch(
+        (scalars[:, column] != 0).any(),
+        lambda g, p, m, v, s: _adam_moments_and_direction(g + s[:, column, None, None] * p.detach(), m, v, s),
+        lambda g, p, m, v, s: _adam_moments_and_direction(g, m, v, s),
+        (grad, param, exp_avg, exp_avg_sq, scalars),
+    )
+
+
+def _adam_moments_and_direction(
+    grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, scalars: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`adam_moments` and :func:`adam_direction` with the scalars of each window."""
+    rows = dict(zip(SCALAR_NAMES, scalars[:, :, None, None].unbind(1)))
+    beta1, beta2, step = rows["beta1"], rows["beta2"], rows["step"]
+    exp_avg, exp_avg_sq = adam_moments(grad, exp_avg, exp_avg_sq, beta1, beta2)
+    return exp_avg, exp_avg_sq, adam_direction(exp_avg, exp_avg_sq, 1.0 - beta1**step, 1.0 - beta2**step, rows["eps"])
+
+
+def _step_rate(scalars: torch.Tensor) -> torch.Tensor:
+    """``lr`` of each window, zero where the window's tensor is not stepped: ``[B, 1, 1]``."""
+    return (scalars[:, SCALAR_NAMES.index("lr")] * scalars[:, SCALAR_NAMES.index("active")])[:, None, None]
+
+
+def adam_element_step(
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    log_importance: torch.Tensor,
+    anchor: torch.Tensor,
+    coefficients: torch.Tensor,
+    scalars: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-element step where every coefficient is zero: Adam, ``u = -lr d``; returns ``(u, m', v')``."""
+    exp_avg, exp_avg_sq, direction = adam_step(grad, param, exp_avg, exp_avg_sq, scalars)
+    return direction * -_step_rate(scalars), exp_avg, exp_avg_sq
+
+
+def protected_element_step(
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    log_importance: torch.Tensor,
+    anchor: torch.Tensor,
+    coefficients: torch.Tensor,
+    scalars: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-element step with the tokens' coefficients (:func:`protected_update`); returns ``(u, m', v')``."""
+    exp_avg, exp_avg_sq, direction = adam_step(grad, param, exp_avg, exp_avg_sq, scalars)
+    return protected_update(direction, log_importance, param, anchor, coefficients, _step_rate(scalars)), exp_avg, exp_avg_sq
 
 
 class StepGraph(nn.Module):
-    """The whole optimizer step as one module; this is what gets exported to ONNX."""
+    """The whole optimizer step as one module; this is what gets exported to ONNX.
+
+    ``element_steps`` holds the two per-element paths, :func:`adam_element_step` and
+    :func:`protected_element_step`; an executor may swap in compiled versions of the same functions.
+    """
 
     def __init__(self, config: NetworkConfig | None = None) -> None:
         super().__init__()
-        self.network = UpdateNetwork(config)
+        self.network = TokenNetwork(config)
         self.config = self.network.config
+        self.element_steps: tuple[Callable, Callable] = (adam_element_step, protected_element_step)
 
     def forward(
         self,
         grad: torch.Tensor,
         param: torch.Tensor,
         mask: torch.Tensor,
-        state: torch.Tensor,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+        log_importance: torch.Tensor,
+        anchor: torch.Tensor,
+        coefficients: torch.Tensor,
         scalars: torch.Tensor,
         ctx: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step for ``B`` windows; see the module docstring for shapes."""
-        lr, beta1, beta2, eps, weight_decay, step, since, boundary, active = scalars[:, :, None, None].unbind(1)
-        exp_avg, exp_avg_sq, importance, anchor = state.unbind(0)
-        # Weight decay joins the gradient, which is a constant of the step (also for meta-gradients).
-        grad = grad + weight_decay * param.detach()
-        boundary = torch.maximum(boundary, (step <= 1.0).to(boundary.dtype))
-        importance, anchor = consolidate_importance(
-            exp_avg_sq, beta2, step - 1.0, importance, anchor, param, mask, boundary
+        boundary_windows: torch.Tensor,
+        refresh_windows: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """One step for ``B`` windows; returns the outputs of :data:`~lto_runtime.format.OUTPUT_NAMES`.
+
+        Windows with ``active = 0`` get a zero update; their moment outputs are not meaningful
+        (the engine keeps the old state of tensors it did not step).
+        """
+        # Consolidation reads the finished task's second moment, before this step's gradient enters it.
+        at = boundary_windows.long()
+        beta2, step = scalars[at, SCALAR_NAMES.index("beta2")], scalars[at, SCALAR_NAMES.index("step")]
+        consolidated = consolidate_importance(exp_avg_sq[at], (1.0 - beta2 ** (step - 1.0))[:, None, None], log_importance[at], mask[at])
+        adam, protected = self.element_steps
+        update, exp_avg, exp_avg_sq = branch(
+            (coefficients != 0).any(),
+            protected,
+            adam,
+            (grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars),
         )
-        exp_avg, exp_avg_sq = adam_moments(grad, exp_avg, exp_avg_sq, beta1, beta2)
-        bc1 = 1.0 - beta1**step
+        at = refresh_windows.long()
+        refreshed = self.refresh(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
+        return update, exp_avg, exp_avg_sq, consolidated, param[boundary_windows.long()].clone(), refreshed
+
+    def refresh(
+        self,
+        grad: torch.Tensor,
+        param: torch.Tensor,
+        mask: torch.Tensor,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+        log_importance: torch.Tensor,
+        anchor: torch.Tensor,
+        scalars: torch.Tensor,
+        ctx: torch.Tensor,
+    ) -> torch.Tensor:
+        """New coefficients ``[B, W, 3]`` of the windows given, from this step's gradient and new
+        moments: token summaries and window context through the network, bounded, times the
+        memory gate."""
+        column = {n: scalars[:, i : i + 1] for i, n in enumerate(SCALAR_NAMES)}
+        step, beta1, beta2, eps = (column[n][:, :, None] for n in ("step", "beta1", "beta2", "eps"))
+        grad = grad + column["weight_decay"][:, :, None] * param.detach()
         bc2 = 1.0 - beta2**step
-        direction = adam_direction(exp_avg, exp_avg_sq, bc1, bc2, eps)
-        features = element_features(grad, direction, exp_avg_sq, bc2, eps, importance, param, anchor, mask)
-        context = window_context(ctx, scalars[:, _STEP : _STEP + 1], scalars[:, _SINCE : _SINCE + 1])
-        raw = self.network(features, mask, context) * memory_gate(importance, mask)
-        update = modulated_update(direction, raw, lr, self.config.scale_a, self.config.direction_b)
-        update = update * mask * active
-        new_state = torch.stack([exp_avg, exp_avg_sq, importance, anchor])
-        new_state = torch.where(active.unsqueeze(0) > 0, new_state, state)
-        return update, new_state
+        direction = adam_direction(exp_avg, exp_avg_sq, 1.0 - beta1**step, bc2, eps)
+        tokens = token_features(grad, direction, exp_avg_sq, bc2, eps, log_importance, param, anchor, mask)
+        context = window_context(
+            ctx, column["step"], column["steps_since_boundary"], column["boundaries"], window_mean(log_importance, mask)[:, :, 0]
+        )
+        raw = self.network(tokens, mask.sum(dim=-1), context)
+        rms_param = window_mean(param * param, mask).clamp(min=_TINY).sqrt()
+        return bounded_coefficients(raw, rms_param) * memory_gate(log_importance, mask)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from lto_core.step import StepGraph
-from lto_runtime.format import HYPER_NAMES, SCALAR_NAMES, STATE_NAMES
+from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
 from lto_runtime.layout import TokenLayout
+from lto_runtime.state import StepCounters, hyper_row
 
 
 class WindowPacker:
@@ -50,34 +52,45 @@ class UnrolledLTO:
     def __init__(self, graph: StepGraph, shapes: Sequence[tuple[int, ...]], lr: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         self.graph = graph
-        self.packer = WindowPacker(shapes, graph.config.window, graph.config.chunk)
+        config = graph.config
+        self.packer = WindowPacker(shapes, config.window, config.chunk)
         windows = self.packer.layout.total_windows
-        self.state = torch.zeros(len(STATE_NAMES), windows, graph.config.window, graph.config.chunk)
-        self.hyper = dict(zip(HYPER_NAMES, (lr, betas[0], betas[1], eps, weight_decay)))
-        self.steps = 0
-        self.steps_since_boundary = 0
-        self.boundary_pending = False
+        self.state = {name: torch.zeros(windows, config.window, config.chunk) for name in STATE_NAMES}
+        self.state["coefficients"] = torch.zeros(windows, config.window, len(TOKEN_STATE_NAMES))
+        self.hyper = np.tile(hyper_row(lr, betas, eps, weight_decay), (len(self.packer.layout.shapes), 1))
+        self.counters = StepCounters(len(self.packer.layout.shapes), config.refresh_every)
+        self._owner = self.packer.layout.window_tensor()
 
     def task_boundary(self) -> None:
         """The next step consolidates importance and re-anchors."""
-        self.boundary_pending = True
-
-    def _scalars(self, windows: int) -> torch.Tensor:
-        row = {**self.hyper, "step": self.steps, "steps_since_boundary": self.steps_since_boundary,
-               "boundary": float(self.boundary_pending), "active": 1.0}
-        return torch.tensor([[float(row[n]) for n in SCALAR_NAMES]], dtype=torch.float32).expand(windows, -1)
+        self.counters.task_boundary()
 
     def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Return ``params + update``; gradients are treated as constants."""
-        self.steps += 1
-        self.steps_since_boundary = 1 if self.boundary_pending else self.steps_since_boundary + 1
-        grad = self.packer.pack([g.detach() for g in grads])
-        param = self.packer.pack(params)
-        update, self.state = self.graph(grad, param, self.packer.mask, self.state, self._scalars(len(grad)), self.packer.ctx)
-        self.boundary_pending = False
-        return [p + u for p, u in zip(params, self.packer.unpack(update))]
+        active = np.ones(len(self.packer.layout.shapes), dtype=bool)
+        scalars, boundary, refresh = self.counters.advance(active, self.hyper)
+        windows = {name: torch.from_numpy(np.flatnonzero(flags[self._owner]).astype(np.float32))
+                   for name, flags in (("boundary_windows", boundary), ("refresh_windows", refresh))}
+        inputs = {
+            "grad": self.packer.pack([g.detach() for g in grads]),
+            "param": self.packer.pack(params),
+            "mask": self.packer.mask,
+            **self.state,
+            "scalars": torch.from_numpy(scalars[self._owner]),
+            "ctx": self.packer.ctx,
+            **windows,
+        }
+        outputs = dict(zip(OUTPUT_NAMES, self.graph(*(inputs[n] for n in INPUT_NAMES))))
+        self.state["exp_avg"], self.state["exp_avg_sq"] = outputs["new_exp_avg"], outputs["new_exp_avg_sq"]
+        for name, output, at in (
+            ("log_importance", "consolidated_log_importance", "boundary_windows"),
+            ("anchor", "consolidated_anchor", "boundary_windows"),
+            ("coefficients", "refreshed_coefficients", "refresh_windows"),
+        ):
+            if len(windows[at]):
+                self.state[name] = self.state[name].index_put((windows[at].long(),), outputs[output])
+        return [p + u for p, u in zip(params, self.packer.unpack(outputs["update"]))]
 
     def detach_(self) -> None:
         """Cut the autograd history (end of a truncation)."""
-        self.state = self.state.detach()
-
+        self.state = {name: value.detach() for name, value in self.state.items()}

@@ -4,12 +4,23 @@ NumPy and onnxruntime only (never torch): load and validate a file (:class:`Opti
 lay out tensors as token windows (:class:`TokenLayout`), hold the optimizer state and stream
 chunks of windows through the step (:class:`StepEngine`), in host memory or, through
 :class:`Buffers` a front end provides, on its device.
+
+Importing it turns onnxruntime's telemetry off (``ORT_DISABLE_TELEMETRY=1``) unless the
+environment already says otherwise.
 """
 
-from lto_runtime.engine import Buffers, HostBuffers, StepEngine, StepFunction, hyper_row
-from lto_runtime.format import FORMAT, HYPER_NAMES, SCALAR_NAMES, STATE_NAMES
-from lto_runtime.layout import CTX_NAMES, TokenLayout, tensor_context
-from lto_runtime.model import (
+import os
+
+# Before anything imports onnxruntime: it reads the variable once, at import, and otherwise writes a
+# device id and queued telemetry events under ~/.cache/Microsoft/. lto_core, lto_adapters and the
+# CLI all reach onnxruntime through this package, so this one line covers them.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from lto_runtime.engine import MAX_BATCH_WINDOWS, Buffers, HostBuffers, StepEngine, StepFunction  # noqa: E402
+from lto_runtime.format import FORMAT, HYPER_NAMES, SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES  # noqa: E402
+from lto_runtime.layout import CTX_NAMES, TokenLayout, tensor_context  # noqa: E402
+from lto_runtime.state import StepCounters, check_tensor_state, hyper_row  # noqa: E402
+from lto_runtime.model import (  # noqa: E402
     DeviceStep,
     OptimizerFileError,
     OptimizerSession,
@@ -30,15 +41,19 @@ __all__ = [
     "FORMAT",
     "HYPER_NAMES",
     "HostBuffers",
+    "MAX_BATCH_WINDOWS",
     "OptimizerFileError",
     "OptimizerSession",
     "OptimizerSpec",
     "SCALAR_NAMES",
     "STATE_NAMES",
+    "StepCounters",
     "StepEngine",
     "StepFunction",
+    "TOKEN_STATE_NAMES",
     "TokenLayout",
     "cuda_status",
+    "check_tensor_state",
     "default_model_path",
     "hyper_row",
     "onnxruntime_distributions",

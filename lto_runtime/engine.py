@@ -18,8 +18,16 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from lto_runtime.format import HYPER_NAMES, SCALAR_NAMES, STATE_NAMES
+from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
+
+#: The state slots every step rewrites in full (the others change only at boundaries and refreshes).
+MOMENT_NAMES: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
 from lto_runtime.layout import Chunk, TokenLayout
+from lto_runtime.state import StepCounters, check_tensor_state, hyper_row
+
+#: Default windows per step-function call (512 windows of 1,024 elements: 2 MiB per buffer). Fewer
+#: calls cost less Python and binding overhead; the buffers, and so the step's extra memory, grow with it.
+MAX_BATCH_WINDOWS = 512
 
 #: ``apply(tensor_index, start, stop, update)``: add ``update`` (float32, 1-D, a view of the
 #: engine's buffers: NumPy with :class:`HostBuffers`) to the tensor's flat elements ``[start, stop)``.
@@ -27,7 +35,15 @@ ApplyFn = Callable[[int, int, int, Any], None]
 
 
 class StepFunction(Protocol):
-    """Anything that computes the step graph: reads ``inputs``, writes ``outputs`` in place."""
+    """Anything that computes the step graph: reads ``inputs``, writes ``outputs`` in place.
+
+    It carries its own layout: ``window`` (tokens per window ``W``), ``chunk`` (elements per token
+    ``C``) and ``refresh_every`` (steps between runs of its network), from its file or checkpoint.
+    """
+
+    window: int
+    chunk: int
+    refresh_every: int
 
     def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Compute the step for the windows in ``inputs`` and write ``update`` and ``new_state`` into ``outputs``."""
@@ -71,32 +87,21 @@ class HostBuffers:
         return np.asarray(array)
 
     def nonfinite(self, arrays: Sequence[np.ndarray | None]) -> list[int]:
-        """Indices of the arrays (``None`` entries skipped) holding NaN or Inf."""
-        return [i for i, a in enumerate(arrays) if a is not None and not np.isfinite(a).all()]
+        """Indices of the arrays (``None`` entries skipped) holding NaN or Inf.
+
+        A finite sum proves every element finite (NaN and Inf propagate through a sum) in one
+        read-only pass; only an array whose sum is not finite (or overflowed) is checked element
+        by element.
+        """
+        return [i for i, a in enumerate(arrays) if a is not None and not np.isfinite(a.sum()) and not np.isfinite(a).all()]
 
     def synchronize(self) -> None:
         """Nothing to wait for: host arrays are written synchronously."""
 
 
-def hyper_row(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> np.ndarray:
-    """Validate Adam's hyper-parameters and pack them as one row of :data:`HYPER_NAMES`.
-
-    Raises:
-        ValueError: naming the first invalid argument, as ``torch.optim`` does.
-    """
-    lr, eps, weight_decay = float(lr), float(eps), float(weight_decay)
-    if not 0.0 <= lr < float("inf"):
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps < float("inf"):
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    if len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
-    for i, beta in enumerate(betas):
-        if not 0.0 <= float(beta) < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
-    if not 0.0 <= weight_decay < float("inf"):
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    return np.array([lr, float(betas[0]), float(betas[1]), eps, weight_decay], dtype=np.float64)
+def _is_float32(array: Any) -> bool:
+    """Whether ``array`` (a NumPy array or a tensor) holds float32."""
+    return str(array.dtype) in ("float32", "torch.float32")
 
 
 def flat_view(array: Any) -> Any:
@@ -108,10 +113,10 @@ class StepEngine:
     """Optimizer state and the chunked step for a fixed list of tensor shapes.
 
     Args:
-        step_function: computes the step graph (see :class:`StepFunction`).
+        step_function: computes the step graph (see :class:`StepFunction`); its ``window``,
+            ``chunk`` and ``refresh_every`` fix the layout.
         shapes: shape of each tensor the engine optimizes.
-        window: tokens per window ``W``; chunk: elements per token ``C`` (from the file's metadata).
-        max_batch_windows: windows per session call; bounds memory.
+        max_batch_windows: windows per step-function call; bounds memory.
         buffers: where the window buffers and the state live (default :class:`HostBuffers`); the
             step function must read and write buffers there.
     """
@@ -121,40 +126,39 @@ class StepEngine:
         step_function: StepFunction,
         shapes: Sequence[tuple[int, ...]],
         *,
-        window: int,
-        chunk: int,
-        max_batch_windows: int = 256,
+        max_batch_windows: int = MAX_BATCH_WINDOWS,
         buffers: Buffers | None = None,
     ) -> None:
+        if isinstance(max_batch_windows, bool) or not isinstance(max_batch_windows, (int, np.integer)) or max_batch_windows < 1:
+            raise ValueError(f"Invalid max_batch_windows: {max_batch_windows!r}; must be an int >= 1")
         self.step_function = step_function
         #: Where the window buffers and the state live.
         self.buffers: Buffers = HostBuffers() if buffers is None else buffers
+        window, chunk = step_function.window, step_function.chunk
         self.layout = TokenLayout(tuple(tuple(s) for s in shapes), window, chunk)
         self.chunks: tuple[Chunk, ...] = self.layout.chunks(max_batch_windows)
-        count = len(self.layout.shapes)
-        #: Adam step count of each tensor (a tensor without gradient is not stepped).
-        self.steps = np.zeros(count, dtype=np.int64)
-        #: Steps of each tensor since its last task boundary.
-        self.steps_since_boundary = np.zeros(count, dtype=np.int64)
-        #: Tensors whose next step consolidates a task boundary.
-        self.boundary_pending = np.zeros(count, dtype=bool)
-        self._ctx = self.buffers.upload(self.layout.context())
-        per = self.layout.window_elements
+        #: Step counts and boundary flags of every tensor.
+        self.counters = StepCounters(len(self.layout.shapes), step_function.refresh_every)
+        context = self.layout.context()
+        self._ctx = [self.buffers.upload(context[c.window_ids]) for c in self.chunks]
         most = max((c.windows for c in self.chunks), default=0)
-        slots = len(STATE_NAMES)
-        self._state = [self.buffers.zeros((slots * most * per,)) for _ in self.chunks]
-        self._spare_state = self.buffers.zeros((slots * most * per,))
+        # Per chunk: every state input of the step (slots and coefficients) by name.
+        self._state = [self._new_state(c.windows) for c in self.chunks]
+        # The step writes new moments here; a chunk of the largest size swaps them in, a smaller
+        # one copies them (state is never allocated beyond the chunk's own size).
+        self._spare = {name: self.buffers.zeros((most, window, chunk)) for name in MOMENT_NAMES}
         self._grad, self._param, self._mask, self._update = (self.buffers.zeros((most, window, chunk)) for _ in range(4))
+        self._ones = self.buffers.upload(np.ones((most, window, chunk), np.float32))
 
-    def _state_view(self, flat: Any, chunk: Chunk) -> Any:
-        per = self.layout.window_elements
-        return flat[: len(STATE_NAMES) * chunk.windows * per].reshape(
-            len(STATE_NAMES), chunk.windows, self.layout.window, self.layout.chunk
-        )
+    def _new_state(self, windows: int) -> dict[str, Any]:
+        w, c = self.layout.window, self.layout.chunk
+        state = {name: self.buffers.zeros((windows, w, c)) for name in STATE_NAMES}
+        state["coefficients"] = self.buffers.zeros((windows, w, len(TOKEN_STATE_NAMES)))
+        return state
 
     def task_boundary(self) -> None:
         """Mark a task boundary: each tensor's next step consolidates importance and re-anchors."""
-        self.boundary_pending[:] = True
+        self.counters.task_boundary()
 
     def step(
         self,
@@ -181,32 +185,74 @@ class StepEngine:
         nonfinite = self.buffers.nonfinite(grads)
         if nonfinite:
             return nonfinite
-        scalars = self._advance_counters(np.array([g is not None for g in grads]), hyper)
+        active = np.array([g is not None for g in grads], dtype=bool)
+        scalars, boundary, refresh = self.counters.advance(active, hyper)
         flat_grads = [None if g is None else flat_view(g) for g in grads]
         flat_params = [flat_view(p) for p in params]
         for k, chunk in enumerate(self.chunks):
-            rows = scalars[chunk.window_tensor]
-            if not rows[:, SCALAR_NAMES.index("active")].any():
+            if not active[chunk.window_tensor].any():
                 continue
-            self._run_chunk(k, chunk, flat_grads, flat_params, rows)
+            owner = chunk.window_tensor
+            self._run_chunk(k, chunk, flat_grads, flat_params, scalars[owner], boundary[owner], refresh[owner])
             update = self._update[: chunk.windows].reshape(-1)
             for piece in chunk.pieces:
                 if flat_grads[piece.tensor] is not None:
                     apply(piece.tensor, piece.start, piece.stop, update[piece.offset : piece.offset + piece.stop - piece.start])
         return []
 
-    def _advance_counters(self, active: np.ndarray, hyper: np.ndarray) -> np.ndarray:
-        """Bump step counters of the active tensors; return per-tensor scalar rows ``[T, M]``."""
-        hyper = np.asarray(hyper, dtype=np.float64).reshape(len(active), len(HYPER_NAMES))
-        boundary = self.boundary_pending & active
-        self.steps[active] += 1
-        self.steps_since_boundary[active] = np.where(boundary[active], 1, self.steps_since_boundary[active] + 1)
-        self.boundary_pending[active] = False
-        counters = np.stack([self.steps, self.steps_since_boundary, boundary, active], axis=1)
-        return np.concatenate([hyper, counters], axis=1).astype(np.float32)
-
-    def _run_chunk(self, k: int, chunk: Chunk, grads: list, params: list, scalars: np.ndarray) -> None:
+    def _run_chunk(
+        self, k: int, chunk: Chunk, grads: list, params: list, scalars: np.ndarray, boundary: np.ndarray, refresh: np.ndarray
+    ) -> None:
         b = chunk.windows
+        grad, param, mask = self._window_inputs(chunk, grads, params)
+        state = self._state[k]
+        consolidate, rerun = np.flatnonzero(boundary), np.flatnonzero(refresh)
+        w, c, t = self.layout.window, self.layout.chunk, len(TOKEN_STATE_NAMES)
+        inputs = {
+            "grad": grad, "param": param, "mask": mask, **state,
+            "scalars": self.buffers.upload(scalars),
+            "ctx": self._ctx[k],
+            "boundary_windows": self.buffers.upload(consolidate.astype(np.float32)),
+            "refresh_windows": self.buffers.upload(rerun.astype(np.float32)),
+        }
+        outputs = {
+            "update": self._update[:b],
+            **{f"new_{name}": self._spare[name][:b] for name in MOMENT_NAMES},
+            "consolidated_log_importance": self.buffers.zeros((len(consolidate), w, c)),
+            "consolidated_anchor": self.buffers.zeros((len(consolidate), w, c)),
+            "refreshed_coefficients": self.buffers.zeros((len(rerun), w, t)),
+        }
+        self.buffers.synchronize()
+        self.step_function.run({n: inputs[n] for n in INPUT_NAMES}, {n: outputs[n] for n in OUTPUT_NAMES})
+        # Tensors without a gradient were not stepped: they keep their moments (the graph's
+        # outputs for their windows are not meaningful).
+        idle = np.flatnonzero(scalars[:, SCALAR_NAMES.index("active")] == 0)
+        for name in MOMENT_NAMES:
+            if len(idle):
+                outputs[f"new_{name}"][idle] = state[name][idle]
+            if len(self._spare[name]) == b:
+                state[name], self._spare[name] = self._spare[name], state[name]
+            else:
+                state[name][:] = outputs[f"new_{name}"]
+        if len(consolidate):
+            state["log_importance"][consolidate] = outputs["consolidated_log_importance"]
+            state["anchor"][consolidate] = outputs["consolidated_anchor"]
+        if len(rerun):
+            state["coefficients"][rerun] = outputs["refreshed_coefficients"]
+
+    def _window_inputs(self, chunk: Chunk, grads: list, params: list) -> tuple[Any, Any, Any]:
+        """The chunk's ``grad``, ``param`` and ``mask`` windows.
+
+        Whole windows of a float32 tensor are views of its own memory (no copy); everything else
+        is copied into the engine's window buffers, with zeros in the padding.
+        """
+        b = chunk.windows
+        if chunk.direct:
+            piece = chunk.pieces[0]
+            grad, param = grads[piece.tensor], params[piece.tensor]
+            if _is_float32(grad) and _is_float32(param):
+                shape = (b, self.layout.window, self.layout.chunk)
+                return grad[piece.start : piece.stop].reshape(shape), param[piece.start : piece.stop].reshape(shape), self._ones[:b]
         grad, param, mask = self._grad[:b], self._param[:b], self._mask[:b]
         g_flat, p_flat, m_flat = grad.reshape(-1), param.reshape(-1), mask.reshape(-1)
         for piece in chunk.pieces:
@@ -219,19 +265,7 @@ class StepEngine:
             g_flat[offset : offset + length] = 0.0
             p_flat[offset : offset + length] = 0.0
             m_flat[offset : offset + length] = 0.0
-        state = self._state_view(self._state[k], chunk)
-        new_state = self._state_view(self._spare_state, chunk)
-        inputs = {
-            "grad": grad,
-            "param": param,
-            "mask": mask,
-            "state": state,
-            "scalars": self.buffers.upload(scalars),
-            "ctx": self._ctx[chunk.first_window : chunk.first_window + b],
-        }
-        self.buffers.synchronize()
-        self.step_function.run(inputs, {"update": self._update[:b], "new_state": new_state})
-        self._state[k], self._spare_state = self._spare_state, self._state[k]
+        return grad, param, mask
 
     # -- state in and out, one tensor at a time ------------------------------------------------
 
@@ -241,40 +275,68 @@ class StepEngine:
                 if piece.tensor == index:
                     yield k, chunk, piece
 
+    def token_count(self, index: int) -> int:
+        """Tokens of tensor ``index`` (padding tokens included): ``windows * W``."""
+        return int(self.layout.window_counts[index]) * self.layout.window
+
     def tensor_state(self, index: int) -> dict[str, np.ndarray | int | bool]:
-        """State of tensor ``index``: each slot of :data:`STATE_NAMES` as a float32 array of the
-        tensor's shape, plus ``step``, ``steps_since_boundary`` and ``boundary_pending``."""
-        shape = self.layout.shapes[index]
-        numel = self.layout.numels[index]
+        """State of tensor ``index`` (copies): each slot of :data:`STATE_NAMES` as a float32 array of
+        the tensor's shape, ``coefficients`` ``[tokens, len(TOKEN_STATE_NAMES)]``, the counters
+        ``step``, ``steps_since_boundary``, ``boundaries`` and the bool ``boundary_pending``."""
+        shape, numel = self.layout.shapes[index], self.layout.numels[index]
         slots = np.zeros((len(STATE_NAMES), numel), np.float32)
+        coefficients = np.zeros((self.token_count(index), len(TOKEN_STATE_NAMES)), np.float32)
+        w = self.layout.window
         for k, chunk, piece in self._tensor_pieces(index):
-            flat = self._state_view(self._state[k], chunk).reshape(len(STATE_NAMES), -1)
-            slots[:, piece.start : piece.stop] = self.buffers.download(flat[:, piece.offset : piece.offset + piece.stop - piece.start])
+            state = self._state[k]
+            for i, name in enumerate(STATE_NAMES):
+                flat = state[name].reshape(-1)
+                slots[i, piece.start : piece.stop] = self.buffers.download(flat[piece.offset : piece.offset + piece.stop - piece.start])
+            first, windows = self._piece_windows(piece, chunk)
+            tokens = self.buffers.download(state["coefficients"][first : first + windows]).reshape(-1, len(TOKEN_STATE_NAMES))
+            start = piece.start // self.layout.window_elements * w
+            coefficients[start : start + len(tokens)] = tokens
         out: dict[str, np.ndarray | int | bool] = {n: slots[i].reshape(shape) for i, n in enumerate(STATE_NAMES)}
-        out["step"] = int(self.steps[index])
-        out["steps_since_boundary"] = int(self.steps_since_boundary[index])
-        out["boundary_pending"] = bool(self.boundary_pending[index])
+        out["coefficients"] = coefficients
+        out.update(self.counters.record(index))
         return out
 
-    def set_tensor_state(self, index: int, state: dict) -> None:
-        """Inverse of :meth:`tensor_state`.
+    def _piece_windows(self, piece, chunk: Chunk) -> tuple[int, int]:
+        """First window of ``piece`` inside its chunk, and how many windows it spans."""
+        per = self.layout.window_elements
+        return piece.offset // per, -(-(piece.stop - piece.start) // per)
+
+    def check_states(self, states: Sequence[Any], names: Sequence[str]) -> list[dict[str, Any]]:
+        """Validate one saved state per tensor (see :func:`~lto_runtime.state.check_tensor_state`)
+        without writing anything; ``names`` name the entries in errors."""
+        if len(states) != len(self.layout.shapes):
+            raise ValueError(f"expected state for {len(self.layout.shapes)} tensors, got {len(states)}")
+        return [check_tensor_state(s, self.layout.shapes[i], self.token_count(i), names[i]) for i, s in enumerate(states)]
+
+    def load_states(self, states: Sequence[dict[str, Any]]) -> None:
+        """Write states that :meth:`check_states` returned, one per tensor."""
+        for index, state in enumerate(states):
+            self._write_tensor_state(index, state)
+
+    def set_tensor_state(self, index: int, state: Any) -> None:
+        """Inverse of :meth:`tensor_state` for one tensor.
 
         Raises:
-            ValueError: a slot is missing or has the wrong size; nothing is changed then.
+            ValueError: the state is malformed (see :func:`~lto_runtime.state.check_tensor_state`);
+                nothing is changed then.
         """
-        numel = self.layout.numels[index]
-        slots = []
-        for name in STATE_NAMES:
-            if name not in state:
-                raise ValueError(f"state of tensor {index} lacks {name!r}")
-            value = np.asarray(state[name], dtype=np.float32).reshape(-1)
-            if value.size != numel:
-                raise ValueError(f"state {name!r} of tensor {index} has {value.size} elements, the tensor has {numel}")
-            slots.append(value)
+        checked = check_tensor_state(state, self.layout.shapes[index], self.token_count(index), f"state of tensor {index}")
+        self._write_tensor_state(index, checked)
+
+    def _write_tensor_state(self, index: int, state: dict[str, Any]) -> None:
+        w = self.layout.window
         for k, chunk, piece in self._tensor_pieces(index):
-            flat = self._state_view(self._state[k], chunk).reshape(len(STATE_NAMES), -1)
-            for i, value in enumerate(slots):
-                flat[i, piece.offset : piece.offset + piece.stop - piece.start] = self.buffers.upload(value[piece.start : piece.stop])
-        self.steps[index] = int(state["step"])
-        self.steps_since_boundary[index] = int(state["steps_since_boundary"])
-        self.boundary_pending[index] = bool(state["boundary_pending"])
+            target = self._state[k]
+            for name in STATE_NAMES:
+                values = state[name].reshape(-1)[piece.start : piece.stop]
+                target[name].reshape(-1)[piece.offset : piece.offset + piece.stop - piece.start] = self.buffers.upload(values)
+            first, windows = self._piece_windows(piece, chunk)
+            start = piece.start // self.layout.window_elements * w
+            tokens = state["coefficients"][start : start + windows * w].reshape(windows, w, len(TOKEN_STATE_NAMES))
+            target["coefficients"][first : first + windows] = self.buffers.upload(tokens)
+        self.counters.restore(index, state)

@@ -8,14 +8,30 @@ from __future__ import annotations
 
 from lto_runtime.layout import CTX_NAMES
 
-#: Version of the optimizer-file format this runtime reads.
-FORMAT = 1
-#: Graph inputs, in order, and their shapes (``B`` is the dynamic window count).
-INPUT_NAMES: tuple[str, ...] = ("grad", "param", "mask", "state", "scalars", "ctx")
-#: Graph outputs, in order.
-OUTPUT_NAMES: tuple[str, ...] = ("update", "new_state")
-#: Optimizer state slots per element, in order.
-STATE_NAMES: tuple[str, ...] = ("exp_avg", "exp_avg_sq", "importance", "anchor")
+#: Version of the optimizer-file format this runtime reads (2: per-token coefficients, one input
+#: per state slot, consolidation and the network only on the windows that need them).
+FORMAT = 2
+#: Optimizer state slots per element, in order: Adam's moments, the consolidated importance
+#: stored as ``log(1 + Omega)``, and the anchor (parameters at the last task boundary).
+STATE_NAMES: tuple[str, ...] = ("exp_avg", "exp_avg_sq", "log_importance", "anchor")
+#: Per-token state, in order: the coefficients the network chose at its last refresh (see
+#: :func:`lto_core.step.protected_update`).
+TOKEN_STATE_NAMES: tuple[str, ...] = ("gate_offset", "gate_slope", "pull")
+#: Graph inputs, in order. ``grad``, ``param``, ``mask`` and every state slot are ``[B, W, C]``,
+#: ``coefficients`` is ``[B, W, len(TOKEN_STATE_NAMES)]``, ``scalars`` ``[B, len(SCALAR_NAMES)]``,
+#: ``ctx`` ``[B, len(CTX_NAMES)]``; ``B`` is the dynamic window count. ``boundary_windows``
+#: ``[Nb]`` and ``refresh_windows`` ``[Nr]`` list (as float32, ascending) the windows of this call
+#: that consolidate a task boundary and whose network runs; either may be empty.
+INPUT_NAMES: tuple[str, ...] = (
+    "grad", "param", "mask", *STATE_NAMES, "coefficients", "scalars", "ctx", "boundary_windows", "refresh_windows"
+)
+#: Graph outputs, in order: the update and Adam's new moments ``[B, W, C]``; the consolidated
+#: importance and anchor of the ``boundary_windows`` ``[Nb, W, C]``; the network's new coefficients
+#: for the ``refresh_windows`` ``[Nr, W, len(TOKEN_STATE_NAMES)]``. The caller writes these into its
+#: state; every other input state is unchanged by the step.
+OUTPUT_NAMES: tuple[str, ...] = (
+    "update", "new_exp_avg", "new_exp_avg_sq", "consolidated_log_importance", "consolidated_anchor", "refreshed_coefficients"
+)
 #: Per-window scalars, in order: hyper-parameters, then counters and flags.
 SCALAR_NAMES: tuple[str, ...] = (
     "lr",
@@ -25,7 +41,7 @@ SCALAR_NAMES: tuple[str, ...] = (
     "weight_decay",
     "step",
     "steps_since_boundary",
-    "boundary",
+    "boundaries",
     "active",
 )
 #: The hyper-parameters an adapter passes per tensor (the first scalars).
@@ -35,7 +51,9 @@ METADATA_KEYS: tuple[str, ...] = (
     "lto.format",
     "lto.chunk",
     "lto.window",
+    "lto.refresh_every",
     "lto.state",
+    "lto.token_state",
     "lto.scalars",
     "lto.ctx",
     "lto.version",
@@ -52,4 +70,5 @@ __all__ = [
     "OUTPUT_NAMES",
     "SCALAR_NAMES",
     "STATE_NAMES",
+    "TOKEN_STATE_NAMES",
 ]

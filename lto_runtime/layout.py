@@ -2,9 +2,9 @@
 
 Each tensor is flattened (C order) and zero-padded to a multiple of ``W*C`` elements, then cut
 into windows of ``W`` tokens of ``C`` elements. Windows never mix tensors. The windows of all
-tensors are numbered consecutively; a *chunk* is a run of at most ``max_batch_windows``
-consecutive windows, the unit of one session call, so memory stays bounded whatever the model
-size.
+tensors are numbered consecutively, tensor by tensor; a *chunk* is a set of at most
+``max_batch_windows`` windows, the unit of one session call, so memory stays bounded whatever the
+model size (see :meth:`TokenLayout.chunks`).
 
 This module is pure NumPy and is shared by the runtime and by meta-training, so the network
 sees the same tokens, masks and descriptors in both.
@@ -60,15 +60,26 @@ class Piece:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Windows ``[first_window, first_window + windows)``: one session call."""
+    """A set of windows stepped by one session call.
 
-    first_window: int
+    Either the whole windows of one tensor (a single piece, no padding: the tensor's memory can be
+    handed to the step as it is, see :attr:`direct`) or the last, partly padded windows of several
+    tensors gathered into one call.
+    """
+
     windows: int
     pieces: tuple[Piece, ...]
     #: ``(offset, length)`` runs of padding inside the chunk's flat buffer.
     padding: tuple[tuple[int, int], ...]
     #: Index of the tensor that owns each window of the chunk.
     window_tensor: np.ndarray = field(repr=False)
+    #: Position of each of the chunk's windows in the layout's window sequence (for its descriptors).
+    window_ids: np.ndarray = field(repr=False)
+
+    @property
+    def direct(self) -> bool:
+        """Whole windows of one tensor: its flat elements ``[start, stop)`` are the chunk's buffer."""
+        return len(self.pieces) == 1 and not self.padding
 
 
 @dataclass(frozen=True)
@@ -127,27 +138,34 @@ class TokenLayout:
         return np.repeat(rows, self.window_counts, axis=0).astype(np.float32)
 
     def chunks(self, max_batch_windows: int) -> tuple[Chunk, ...]:
-        """Cut the window sequence into runs of at most ``max_batch_windows`` windows."""
+        """Group the windows into calls of at most ``max_batch_windows`` windows.
+
+        Each tensor's whole windows go in calls of their own (:attr:`Chunk.direct`), so the step can
+        read the tensor's memory without copying it into window buffers; the last, partly padded
+        window of each tensor (and tensors smaller than one window) are gathered into shared calls.
+        """
         if max_batch_windows < 1:
             raise ValueError(f"max_batch_windows must be >= 1, got {max_batch_windows}")
         per = self.window_elements
-        owner = self.window_tensor()
-        offsets = self.window_offsets
-        numels = self.numels
+        offsets, numels = self.window_offsets, self.numels
         out = []
-        for first in range(0, self.total_windows, max_batch_windows):
-            last = min(first + max_batch_windows, self.total_windows)
+        tails = []
+        for t, numel in enumerate(numels):
+            whole = numel // per
+            for first in range(0, whole, max_batch_windows):
+                count = min(max_batch_windows, whole - first)
+                ids = np.arange(offsets[t] + first, offsets[t] + first + count)
+                piece = Piece(t, first * per, (first + count) * per, 0)
+                out.append(Chunk(count, (piece,), (), np.full(count, t), ids))
+            if numel % per:
+                tails.append(t)
+        for first in range(0, len(tails), max_batch_windows):
+            group = tails[first : first + max_batch_windows]
             pieces, padding = [], []
-            for t in np.unique(owner[first:last]):
-                t = int(t)
-                lo = max(first, int(offsets[t]))
-                hi = min(last, int(offsets[t]) + int(self.window_counts[t]))
-                start = (lo - int(offsets[t])) * per
-                stop = min((hi - int(offsets[t])) * per, numels[t])
-                offset = (lo - first) * per
-                pieces.append(Piece(t, start, stop, offset))
-                pad = (hi - lo) * per - (stop - start)
-                if pad:
-                    padding.append((offset + stop - start, pad))
-            out.append(Chunk(first, last - first, tuple(pieces), tuple(padding), owner[first:last]))
+            for slot, t in enumerate(group):
+                start = numels[t] // per * per
+                pieces.append(Piece(t, start, numels[t], slot * per))
+                padding.append((slot * per + numels[t] - start, per - (numels[t] - start)))
+            ids = np.array([offsets[t] + numels[t] // per for t in group])
+            out.append(Chunk(len(group), tuple(pieces), tuple(padding), np.array(group), ids))
         return tuple(out)

@@ -30,6 +30,7 @@ from lto_runtime.format import (
     OUTPUT_NAMES,
     SCALAR_NAMES,
     STATE_NAMES,
+    TOKEN_STATE_NAMES,
 )
 
 #: Logger ``"lto_runtime"``; a new session logs, at INFO, which execution provider it runs on.
@@ -53,7 +54,9 @@ class OptimizerSpec:
     format: int
     chunk: int
     window: int
+    refresh_every: int
     state_names: tuple[str, ...]
+    token_state_names: tuple[str, ...]
     scalar_names: tuple[str, ...]
     ctx_names: tuple[str, ...]
     version: str
@@ -102,7 +105,9 @@ def _parse_metadata(path: Path, model: onnx.ModelProto) -> OptimizerSpec:
             format=FORMAT,
             chunk=int(meta["lto.chunk"]),
             window=int(meta["lto.window"]),
+            refresh_every=int(meta["lto.refresh_every"]),
             state_names=tuple(json.loads(meta["lto.state"])),
+            token_state_names=tuple(json.loads(meta["lto.token_state"])),
             scalar_names=tuple(json.loads(meta["lto.scalars"])),
             ctx_names=tuple(json.loads(meta["lto.ctx"])),
             version=meta["lto.version"],
@@ -111,8 +116,10 @@ def _parse_metadata(path: Path, model: onnx.ModelProto) -> OptimizerSpec:
         )
     except (ValueError, TypeError) as err:
         raise _refuse(path, f"malformed lto metadata: {err}") from None
-    expected = {"lto.state": STATE_NAMES, "lto.scalars": SCALAR_NAMES, "lto.ctx": CTX_NAMES}
-    for key, got in zip(expected, (spec.state_names, spec.scalar_names, spec.ctx_names)):
+    if min(spec.chunk, spec.window, spec.refresh_every) < 1:
+        raise _refuse(path, f"lto.chunk, lto.window and lto.refresh_every must be >= 1, got {spec.chunk}, {spec.window}, {spec.refresh_every}")
+    expected = {"lto.state": STATE_NAMES, "lto.token_state": TOKEN_STATE_NAMES, "lto.scalars": SCALAR_NAMES, "lto.ctx": CTX_NAMES}
+    for key, got in zip(expected, (spec.state_names, spec.token_state_names, spec.scalar_names, spec.ctx_names)):
         if got != expected[key]:
             raise _refuse(path, f"{key} is {list(got)}, format {FORMAT} requires {list(expected[key])}")
     return spec
@@ -125,16 +132,19 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
 
 
 def _check_signature(path: Path, model: onnx.ModelProto, spec: OptimizerSpec) -> None:
-    w, c, s = spec.window, spec.chunk, len(spec.state_names)
+    w, c = spec.window, spec.chunk
+    element = [None, w, c]
+    tokens = [None, w, len(spec.token_state_names)]
     want = {
-        "grad": [None, w, c],
-        "param": [None, w, c],
-        "mask": [None, w, c],
-        "state": [s, None, w, c],
+        **{name: element for name in ("grad", "param", "mask", *STATE_NAMES, "update", "new_exp_avg", "new_exp_avg_sq")},
+        "consolidated_log_importance": element,
+        "consolidated_anchor": element,
+        "coefficients": tokens,
+        "refreshed_coefficients": tokens,
         "scalars": [None, len(spec.scalar_names)],
         "ctx": [None, len(spec.ctx_names)],
-        "update": [None, w, c],
-        "new_state": [s, None, w, c],
+        "boundary_windows": [None],
+        "refresh_windows": [None],
     }
     inputs = {v.name: v for v in model.graph.input}
     outputs = {v.name: v for v in model.graph.output}
@@ -183,6 +193,7 @@ ProviderSpec = str | tuple[str, dict]
 DLPACK_DEVICES: dict[str, int] = {"cpu": 1, "cuda": 2}
 
 _HOST = (DLPACK_DEVICES["cpu"], 0)
+_FLOAT32 = np.dtype(np.float32)
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
@@ -244,6 +255,11 @@ def cuda_status(path: str | os.PathLike | None = None) -> tuple[bool, str]:
     return True, ""
 
 
+def _empty(array: Any) -> bool:
+    """Whether ``array`` has no elements."""
+    return 0 in tuple(array.shape)
+
+
 def _buffer_pointer(name: str, array: Any, device_type: str, device_id: int) -> int:
     """Address of ``array``'s first element, after checking it can be bound as it is.
 
@@ -252,6 +268,8 @@ def _buffer_pointer(name: str, array: Any, device_type: str, device_id: int) -> 
     (``__dlpack_device__``), so nothing here imports a framework.
     """
     if isinstance(array, np.ndarray):
+        if array.dtype == _FLOAT32 and array.flags.c_contiguous and device_type == "cpu":  # the common case, checked cheaply
+            return array.__array_interface__["data"][0]
         where, pointer, contiguous, dtype = _HOST, array.ctypes.data, array.flags.c_contiguous, array.dtype.name
     else:
         try:
@@ -278,7 +296,10 @@ class OptimizerSession:
     Args:
         path: the ``.onnx`` file; ``None`` for the packaged default.
         providers: see :func:`resolve_providers`.
-        threads: intra-op threads for onnxruntime (0: onnxruntime's default, all cores).
+        threads: intra-op threads for onnxruntime. The default, 1, runs the step on the calling
+            thread, so it never competes with the training framework's own thread pool or with
+            other processes for cores; pass more for large models on an otherwise idle machine.
+            0: onnxruntime's default (one per physical core). Threads never spin while waiting.
 
     Attributes:
         spec: the file's metadata.
@@ -290,7 +311,7 @@ class OptimizerSession:
     """
 
     def __init__(
-        self, path: str | os.PathLike | None = None, providers: str | Sequence[ProviderSpec] | None = None, threads: int = 0
+        self, path: str | os.PathLike | None = None, providers: str | Sequence[ProviderSpec] | None = None, threads: int = 1
     ) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ValueError(f"Invalid threads: {threads!r}; pass a whole number of onnxruntime intra-op threads >= 1, or 0 for onnxruntime's default")
@@ -298,6 +319,8 @@ class OptimizerSession:
         requested = resolve_providers(providers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Only onnxruntime's parallel execution mode uses an inter-op pool; 1 keeps it from taking a thread per core.
+        options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # A spinning onnxruntime thread pool steals the cores the training framework needs between steps.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -312,6 +335,8 @@ class OptimizerSession:
         if missing:
             logger.info("lto: %s is available but did not load (see `lto doctor`); using %s", missing[0], self.providers[0])
         logger.info("lto: %s runs on %s", self.spec.path, self.providers[0])
+        #: The file's layout (see :class:`~lto_runtime.StepFunction`).
+        self.window, self.chunk, self.refresh_every = self.spec.window, self.spec.chunk, self.spec.refresh_every
 
     def run(self, inputs: dict[str, Any], outputs: dict[str, Any], device_type: str = "cpu", device_id: int = 0) -> None:
         """Run one step, reading ``inputs`` and writing ``outputs`` in place, on one device.
@@ -328,12 +353,18 @@ class OptimizerSession:
         if device_type not in DLPACK_DEVICES:
             raise ValueError(f"device_type must be one of {list(DLPACK_DEVICES)}, got {device_type!r}")
         binding = self.session.io_binding()
+        pointers = {name: _buffer_pointer(name, array, device_type, device_id) for name, array in {**inputs, **outputs}.items()}
         for name, array in inputs.items():
-            pointer = _buffer_pointer(name, array, device_type, device_id)
-            binding.bind_input(name, device_type, device_id, np.float32, tuple(array.shape), pointer)
+            if _empty(array):  # no memory to point at (torch's data_ptr() is 0): an empty value of the same shape
+                value = ort.OrtValue.ortvalue_from_shape_and_type(tuple(array.shape), np.float32, device_type, device_id)
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_input(name, device_type, device_id, np.float32, tuple(array.shape), pointers[name])
         for name, array in outputs.items():
-            pointer = _buffer_pointer(name, array, device_type, device_id)
-            binding.bind_output(name, device_type, device_id, np.float32, tuple(array.shape), pointer)
+            if _empty(array):
+                binding.bind_output(name, device_type, device_id)
+            else:
+                binding.bind_output(name, device_type, device_id, np.float32, tuple(array.shape), pointers[name])
         self.session.run_with_iobinding(binding)
 
     def on_device(self, device_type: str, device_id: int = 0) -> DeviceStep:
@@ -363,6 +394,21 @@ class DeviceStep:
     session: OptimizerSession
     device_type: str
     device_id: int
+
+    @property
+    def window(self) -> int:
+        """Tokens per window (the file's)."""
+        return self.session.window
+
+    @property
+    def chunk(self) -> int:
+        """Elements per token (the file's)."""
+        return self.session.chunk
+
+    @property
+    def refresh_every(self) -> int:
+        """Steps between runs of the network (the file's)."""
+        return self.session.refresh_every
 
     def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """:meth:`OptimizerSession.run` on this device."""

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("KERAS_BACKEND", "torch")
-os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="lto-keras-home-"))
+if "KERAS_HOME" not in os.environ:
+    # Keras writes keras.json into its home when imported: a throwaway one keeps ~/.keras untouched.
+    # Set before any test module imports Keras, removed when the run ends.
+    _keras_home = tempfile.mkdtemp(prefix="lto-keras-home-")
+    os.environ["KERAS_HOME"] = _keras_home
+    atexit.register(shutil.rmtree, _keras_home, ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

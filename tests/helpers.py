@@ -38,3 +38,18 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, seed: 
 def flat_params(model: torch.nn.Module) -> torch.Tensor:
     """All parameters as one vector (a copy)."""
     return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+
+
+def outputs_like(inputs: dict, fill: float = np.nan) -> dict[str, np.ndarray]:
+    """Output buffers of the step graph for ``inputs`` (a dict by input name), filled with ``fill``."""
+    grad, coefficients = inputs["grad"], inputs["coefficients"]
+    boundary, refresh = len(inputs["boundary_windows"]), len(inputs["refresh_windows"])
+    shapes = {
+        "update": grad.shape,
+        "new_exp_avg": grad.shape,
+        "new_exp_avg_sq": grad.shape,
+        "consolidated_log_importance": (boundary, *grad.shape[1:]),
+        "consolidated_anchor": (boundary, *grad.shape[1:]),
+        "refreshed_coefficients": (refresh, *coefficients.shape[1:]),
+    }
+    return {name: np.full(shape, fill, np.float32) for name, shape in shapes.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from click.testing import CliRunner
 
 from lto_export.cli import main
@@ -44,7 +45,7 @@ def test_validate_fails_against_the_wrong_checkpoint(random_head_files, zero_hea
 def test_inspect_reports_metadata_io_and_providers():
     result = CliRunner().invoke(main, ["inspect"])
     assert result.exit_code == 0, result.output
-    for text in ("lto.format: 1", "lto.meta_train", "input grad", "output new_state", "CPUExecutionProvider", "KiB"):
+    for text in ("lto.format: 2", "lto.meta_train", "input grad", "output refreshed_coefficients", "CPUExecutionProvider", "KiB"):
         assert text in result.output
     assert "meta-trained" in result.output
 
@@ -57,9 +58,30 @@ def test_inspect_refuses_a_bad_file(tmp_path):
     assert "bad.onnx" in result.output
 
 
-def test_demo_prints_acc_and_bwt_for_both():
-    result = CliRunner().invoke(main, ["demo", "--tasks", "2", "--iters", "20"])
+def test_export_gate_init_as_default_removes_its_scratch_checkpoint(tmp_path, monkeypatch):
+    import lto_export.onnx_export as onnx_export
+
+    installed = []
+
+    def install_elsewhere(checkpoint):  # the real install_default would overwrite the packaged default
+        installed.append(Path(checkpoint))
+        return onnx_export.export_onnx(tmp_path / "default.onnx", checkpoint)
+
+    monkeypatch.setattr(onnx_export, "install_default", install_elsewhere)
+    result = CliRunner().invoke(main, ["export", "--gate-init", "0", "--as-default"])
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "default.onnx").is_file()
+    assert len(installed) == 1 and not installed[0].parent.exists()
+
+
+def test_demo_prints_acc_and_bwt_for_both():
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(main, ["demo", "--tasks", "2", "--quick"])
+    finally:
+        torch.set_num_threads(before)  # the demo sets its --threads (default 1) for the process
+    assert result.exit_code == 0, result.output
+    assert "2 task-incremental tasks, 50 steps each" in result.output
     lines = {line.split()[0]: line.split() for line in result.output.splitlines() if line.startswith(("Adam", "LTO"))}
     assert set(lines) == {"Adam", "LTO"}
     assert all(0.0 <= float(v[1]) <= 1.0 for v in lines.values())

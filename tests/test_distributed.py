@@ -133,19 +133,8 @@ def _fsdp_worker(rank: int, port: int, out: Path) -> None:
     dist.destroy_process_group()
 
 
-#: What today's ``adapters/torch.py`` raises on FSDP2's DTensor gradients (issue 15 item 8).
-DTENSOR_UNSUPPORTED = ".numpy() is not supported for tensor subclasses"
-
-
 def test_fsdp2_steps_each_ranks_shard_and_matches_unsharded_training_until_a_boundary(tmp_path):
-    try:
-        _spawn(_fsdp_worker, tmp_path)
-    except mp.ProcessRaisedException as err:
-        # Expected until LTO steps each rank's local shard (issue 15 item 8); delete this branch
-        # then. Any other error fails the test.
-        if DTENSOR_UNSUPPORTED not in str(err):
-            raise
-        pytest.xfail(f"LTO cannot step FSDP2's DTensor parameters yet: {DTENSOR_UNSUPPORTED} (issue 15 item 8)")
+    _spawn(_fsdp_worker, tmp_path)
     ranks = [load_file(str(tmp_path / f"fsdp-{rank}.safetensors")) for rank in range(WORLD)]
     names = _param_names()
     for rank in ranks:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import digits_batches, digits_mlp, flat_params, train
+from helpers import digits_batches, digits_mlp, flat_params, outputs_like, train
 from lto_adapters.numpy import LTO as NumpyLTO
 from lto_adapters.torch import LTO as TorchLTO
 from lto_adapters.torch import TorchBuffers
@@ -21,7 +21,7 @@ from lto_core.checkpoint import load_checkpoint
 from lto_export.cli import main
 from lto_export.onnx_export import example_inputs
 from lto_runtime import STATE_NAMES, OptimizerSession, StepEngine, cuda_status, hyper_row, resolve_providers
-from lto_runtime.format import INPUT_NAMES
+from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,10 @@ def session_and_inputs(random_head_files):
 
 def _reference(session: OptimizerSession, inputs: dict) -> dict[str, np.ndarray]:
     """onnxruntime's ordinary copying ``run``, as the reference for the bound path."""
-    update, new_state = session.session.run(None, {k: v.copy() for k, v in inputs.items()})
-    return {"update": update, "new_state": new_state}
+    return dict(zip(OUTPUT_NAMES, session.session.run(None, {k: v.copy() for k, v in inputs.items()})))
 
 
-def _outputs_like(inputs: dict) -> dict[str, np.ndarray]:
-    return {"update": np.full_like(inputs["grad"], np.nan), "new_state": np.full_like(inputs["state"], np.nan)}
+_outputs_like = outputs_like
 
 
 def test_outputs_are_written_into_the_callers_arrays(session_and_inputs):
@@ -75,7 +73,7 @@ def test_views_bind_their_own_address_and_neighbours_stay_untouched(session_and_
     big_grad = np.random.default_rng(0).normal(size=(5, *inputs["grad"].shape[1:])).astype(np.float32)
     big_grad[1:4] = inputs["grad"]
     big_update = np.full((5, *inputs["grad"].shape[1:]), 7.0, np.float32)
-    outputs = {"update": big_update[1:4], "new_state": np.empty_like(inputs["state"])}
+    outputs = {**outputs_like(inputs), "update": big_update[1:4]}
     session.run({**inputs, "grad": big_grad[1:4]}, outputs)
     np.testing.assert_array_equal(big_update[1:4], _reference(session, inputs)["update"])
     assert (big_update[0] == 7.0).all() and (big_update[4] == 7.0).all()
@@ -84,7 +82,7 @@ def test_views_bind_their_own_address_and_neighbours_stay_untouched(session_and_
 def test_torch_cpu_tensors_bind_without_copies(session_and_inputs):
     session, inputs = session_and_inputs
     tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
-    outputs = {"update": torch.full(inputs["grad"].shape, float("nan")), "new_state": torch.full(inputs["state"].shape, float("nan"))}
+    outputs = {k: torch.from_numpy(v) for k, v in outputs_like(inputs).items()}
     pointer = outputs["update"].data_ptr()
     session.run(tensors, outputs)
     assert outputs["update"].data_ptr() == pointer
@@ -122,9 +120,8 @@ def test_device_resident_engine_matches_the_host_engine(random_head_files):
     _, onnx_path = random_head_files
     session = OptimizerSession(onnx_path)
     shapes = [(40, 30), (30,), (3, 3, 8, 8), ()]
-    window, chunk = session.spec.window, session.spec.chunk
-    host = StepEngine(session, shapes, window=window, chunk=chunk, max_batch_windows=2)
-    resident = StepEngine(session.on_device("cpu"), shapes, window=window, chunk=chunk, max_batch_windows=2, buffers=TorchBuffers("cpu"))
+    host = StepEngine(session, shapes, max_batch_windows=2)
+    resident = StepEngine(session.on_device("cpu"), shapes, max_batch_windows=2, buffers=TorchBuffers("cpu"))
     rng = np.random.default_rng(0)
     params = [rng.normal(size=s).astype(np.float32) for s in shapes]
     tensors = [torch.from_numpy(p.copy()) for p in params]
@@ -135,19 +132,21 @@ def test_device_resident_engine_matches_the_host_engine(random_head_files):
             targets[i].reshape(-1)[start:stop] += update
         return apply
 
-    for step in range(4):
+    for step in range(6):
         grads = [rng.normal(size=s).astype(np.float32) for s in shapes]
         if step == 2:
             host.task_boundary(), resident.task_boundary()
         assert host.step(grads, params, hyper, add_to(params)) == []
         assert resident.step([torch.from_numpy(g) for g in grads], tensors, hyper, add_to(tensors)) == []
-    assert isinstance(resident._state[0], torch.Tensor)
+    assert isinstance(resident._state[0]["exp_avg"], torch.Tensor)
+    assert np.abs(host.tensor_state(0)["coefficients"]).max() > 0  # the network ran after the boundary
     for i in range(len(shapes)):
         np.testing.assert_array_equal(tensors[i].numpy(), params[i])
         a, b = host.tensor_state(i), resident.tensor_state(i)
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-    resident.set_tensor_state(1, host.tensor_state(0) | {n: np.ones(30, np.float32) for n in STATE_NAMES})
+    ones = {n: np.ones(30, np.float32) for n in STATE_NAMES}
+    resident.set_tensor_state(1, host.tensor_state(0) | ones | {"coefficients": np.zeros((16, 3), np.float32)})
     assert (resident.tensor_state(1)["exp_avg"] == 1.0).all()
     nan = [torch.from_numpy(g) for g in grads]
     nan[2][0, 0, 0, 0] = float("nan")

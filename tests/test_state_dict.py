@@ -41,7 +41,7 @@ def test_state_dict_is_a_snapshot_with_adam_like_keys():
     train(model, opt, 3)
     sd = opt.state_dict()
     state = sd["state"][0]
-    assert set(state) >= {"exp_avg", "exp_avg_sq", "importance", "anchor", "step"}
+    assert set(state) >= {"exp_avg", "exp_avg_sq", "log_importance", "anchor", "coefficients", "step"}
     assert state["step"] == 3 and state["exp_avg"].shape == model[1].weight.shape
     before = state["exp_avg"].clone()
     train(model, opt, 2)

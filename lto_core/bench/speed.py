@@ -56,6 +56,8 @@ class SpeedConfig:
     repeats: int | None = None
     memory: bool = True
     memory_steps: int = 2
+    #: Also time whole training iterations of the :data:`ITERATION_MLP` model (``"mlp"``), or not (``None``).
+    iteration: str | None = None
 
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 4:
@@ -66,6 +68,8 @@ class SpeedConfig:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.memory_steps < 1:
             raise ValueError(f"memory_steps must be >= 1, got {self.memory_steps}")
+        if self.iteration not in (None, "mlp"):
+            raise ValueError(f"iteration must be None or 'mlp', got {self.iteration!r}")
 
 
 def default_repeats(size: int) -> int:
@@ -105,6 +109,52 @@ def time_steps(optimizer: torch.optim.Optimizer, repeats: int) -> list[float]:
         optimizer.step()
         times.append(time.perf_counter() - start)
     return times
+
+
+#: Layer widths of the model whose whole training iteration ``--iteration mlp`` times (MNIST-sized).
+ITERATION_MLP: tuple[int, ...] = (784, 400, 400, 10)
+#: Batch size of that iteration.
+ITERATION_BATCH = 128
+
+
+def time_iterations(make: OptimizerFactory, repeats: int, seed: int = 0) -> list[float]:
+    """Seconds of each of ``repeats`` whole training iterations (zero_grad, forward, cross-entropy,
+    backward, step) of a :data:`ITERATION_MLP` ReLU MLP on one random batch of :data:`ITERATION_BATCH`,
+    after one untimed iteration; the model and batch are fixed by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for fan_in, fan_out in zip(ITERATION_MLP[:-1], ITERATION_MLP[1:]):
+        linear = torch.nn.Linear(fan_in, fan_out)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(fan_out, fan_in, generator=generator) / fan_in**0.5)
+            linear.bias.zero_()
+        layers += [linear, torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    x = torch.randn(ITERATION_BATCH, ITERATION_MLP[0], generator=generator)
+    y = torch.randint(0, ITERATION_MLP[-1], (ITERATION_BATCH,), generator=generator)
+    optimizer = make(list(model.parameters()))
+
+    def iteration() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    iteration()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        iteration()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def iteration_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of whole-iteration timings: one row per optimizer."""
+    cells = [
+        [f"`{r['optimizer']}`", f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}–{r['max_ms']:.2f}", f"{r['ratio_to_reference']:.2f}"]
+        for r in rows
+    ]
+    return markdown_table(["optimizer", "median ms", "min–max ms", "x reference"], cells)
 
 
 def _status_kib(field: str) -> int:
@@ -264,11 +314,27 @@ def run_speed(
         for row in rows[-len(methods) :]:
             row["ratio_to_reference"] = medians[row["optimizer"]] / medians[reference]
     table = speed_table(rows)
+    iterations: list[dict[str, Any]] = []
+    if config.iteration == "mlp":
+        repeats = config.repeats or 20
+        for name, make in methods.items():
+            if progress is not None:
+                progress(f"{name} @ iteration")
+            times = time_iterations(make, repeats)
+            iterations.append({"optimizer": name, "repeats": repeats, "times_s": rounded(times, 7), "median_ms": 1e3 * statistics.median(times),
+                               "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times)})
+        for row in iterations:
+            row["ratio_to_reference"] = row["median_ms"] / next(r["median_ms"] for r in iterations if r["optimizer"] == reference)
+        table += (
+            f"\nWhole training iteration (zero_grad, forward, backward, step) of a {'-'.join(map(str, ITERATION_MLP))} MLP, "
+            f"batch {ITERATION_BATCH}:\n\n" + iteration_table(iterations)
+        )
     payload = {
         "config": {"benchmark": "speed", **asdict(config), "reference": reference, "notes": notes or {}},
         "environment": environment(),
         "memory_method": "fresh process per measurement: VmHWM after the steps - VmRSS before building the optimizer - state bytes",
         "records": rows,
+        "iteration": iterations,
     }
     if memory_errors:
         payload["memory_skipped"] = memory_errors[0]
