@@ -58,8 +58,22 @@ def load_digits(seed: int = 0) -> Dataset:
 
 
 def load_mnist1d(seed: int = 0, num_samples: int = 5000) -> Dataset:
-    """MNIST-1D (Greydanus, 2020): 40-sample 1-D signals, 10 classes, generated locally."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    """MNIST-1D (Greydanus, 2020): 40-sample 1-D signals, 10 classes, generated locally.
+
+    Raises:
+        ModuleNotFoundError: the ``mnist1d`` package (the ``bench`` extra) is not installed; the
+            message says how to install it.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] != "mnist1d":
+            raise  # mnist1d is there but one of its own dependencies is not: that error names it
+        raise ModuleNotFoundError(
+            "mnist1d data needs the mnist1d package, which the bench extra installs: pip install 'lto[bench]' "
+            "(or pip install mnist1d)",
+            name="mnist1d",
+        ) from None
 
     args = get_dataset_args()
     args.num_samples = num_samples
