@@ -57,6 +57,12 @@ def branch(pred: torch.Tensor, when_true: Callable, when_false: Callable, operan
     return when_true(*operands) if bool(pred) else when_false(*operands)
 
 
+def _nothing_at(windows: torch.Tensor) -> bool:
+    """No window listed, in eager code: the gathered part of the step is skipped outright (its
+    result is empty either way). Export and ``torch.compile`` trace the general path."""
+    return not torch.compiler.is_compiling() and windows.shape[0] == 0
+
+
 def token_mean(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Mean over the real elements of each token, ``[B,W,C] -> [B,W]``; padding must be zero in ``x``."""
     return x.sum(dim=-1) / count
@@ -304,8 +310,12 @@ class StepGraph(nn.Module):
         """
         # Consolidation reads the finished task's second moment, before this step's gradient enters it.
         at = boundary_windows.long()
-        beta2, step = scalars[at, SCALAR_NAMES.index("beta2")], scalars[at, SCALAR_NAMES.index("step")]
-        consolidated = consolidate_importance(exp_avg_sq[at], (1.0 - beta2 ** (step - 1.0))[:, None, None], log_importance[at], mask[at])
+        if _nothing_at(at):
+            consolidated = anchors = param[:0]
+        else:
+            beta2, step = scalars[at, SCALAR_NAMES.index("beta2")], scalars[at, SCALAR_NAMES.index("step")]
+            consolidated = consolidate_importance(exp_avg_sq[at], (1.0 - beta2 ** (step - 1.0))[:, None, None], log_importance[at], mask[at])
+            anchors = param[at].clone()
         adam, protected = self.element_steps
         update, exp_avg, exp_avg_sq = branch(
             (coefficients != 0).any(),
@@ -314,8 +324,11 @@ class StepGraph(nn.Module):
             (grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars),
         )
         at = refresh_windows.long()
-        refreshed = self.refresh(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
-        return update, exp_avg, exp_avg_sq, consolidated, param[boundary_windows.long()].clone(), refreshed
+        if _nothing_at(at):
+            refreshed = coefficients[:0]
+        else:
+            refreshed = self.refresh(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
+        return update, exp_avg, exp_avg_sq, consolidated, anchors, refreshed
 
     def refresh(
         self,

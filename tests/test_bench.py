@@ -300,8 +300,8 @@ def test_bench_train_quick(tmp_path):
 
 
 def test_bench_speed_quick(tmp_path):
-    output = _invoke(["bench", "speed", "--quick", "--sizes", "2e3", "--repeats", "2", "--threads", "1", "--no-memory", "--out", str(tmp_path)])
-    assert "lto-onnx / adam =" in output and "lto-onnx / lto-torch =" in output
+    output = _invoke(["bench", "speed", "--quick", "--sizes", "2e3", "--repeats", "2", "--threads", "1", "--no-memory", "--iteration", "mlp", "--out", str(tmp_path)])
+    assert "lto-onnx / adam = " in output and "(target <= 3)" in output and "lto-torch / adam = " in output
     assert "onnxruntime intra-op threads: 1;" in output  # --threads reaches LTO's session too
     payload = json.loads((tmp_path / "results.json").read_text())
     assert {r["optimizer"] for r in payload["records"]} == {"lto-onnx", "lto-torch", "adam", "adam-foreach", "sgd"}
@@ -310,7 +310,11 @@ def test_bench_speed_quick(tmp_path):
             assert key in record
         assert len(record["times_s"]) == 2 and record["size"] == 2000
     assert next(r for r in payload["records"] if r["optimizer"] == "adam")["ratio_to_reference"] == 1.0
-    assert (tmp_path / "results.md").exists()
+    # --iteration mlp: a whole training iteration of the 784-400-400-10 MLP per optimizer
+    iterations = {r["optimizer"]: r for r in payload["iteration"]}
+    assert set(iterations) == {"lto-onnx", "lto-torch", "adam", "adam-foreach", "sgd"}
+    assert iterations["adam"]["ratio_to_reference"] == 1.0 and all(r["median_ms"] > 0 for r in iterations.values())
+    assert "Whole training iteration" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from Linux's /proc")
