@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -55,3 +60,33 @@ def test_validate_flags_a_file_from_another_checkpoint(random_head_files, zero_h
     assert not report.checkpoint_matches
     assert report.trajectory_difference > 1e-5
     assert not report.passed
+
+
+def test_torch_backend_runs_eagerly_where_no_compiler_exists(tmp_path, random_head_files):
+    """With no C++ compiler on PATH, backend='torch' says so once at INFO, runs the step eagerly
+    and still agrees with the onnx backend (a real process whose PATH holds no compiler)."""
+    checkpoint, onnx_path = random_head_files
+    script = f"""
+import logging, sys
+import torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from helpers import digits_mlp, flat_params, train
+from lto_adapters.torch import LTO
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+models = digits_mlp(), digits_mlp()
+eager = LTO(models[0].parameters(), lr=3e-3, backend="torch", checkpoint={str(checkpoint)!r})
+onnx = LTO(models[1].parameters(), lr=3e-3, onnx_path={str(onnx_path)!r})
+for opt, model in zip((eager, onnx), models):
+    for _ in range(2):
+        train(model, opt, 15)
+        opt.task_boundary()
+print("compiled", eager.runtime.compiled)
+print("difference", float((flat_params(models[0]) - flat_params(models[1])).abs().max()))
+"""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PATH": str(empty)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compiled False" in result.stdout
+    assert float(result.stdout.split("difference")[1]) < 1e-5
+    assert result.stderr.count("no C++ compiler found") == 1
