@@ -346,13 +346,8 @@ class LTO(torch.optim.Optimizer):
         engine = self._sync_engine()
         params = self._engine_params
         grads = self._gradients(params)
-        hyper = np.stack(
-            [
-                hyper_row(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-                for group in self.param_groups
-                for _ in group["params"]
-            ]
-        )
+        rows = [hyper_row(group["lr"], group["betas"], group["eps"], group["weight_decay"]) for group in self.param_groups]
+        hyper = np.repeat(np.stack(rows), [len(group["params"]) for group in self.param_groups], axis=0)
         bad = step_tensors(engine, grads, params, hyper)
         if bad:
             names = ", ".join(self._tensor_name(i) for i in bad)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
+from lto_runtime.format import SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
 
 #: The state slots every step rewrites in full (the others change only at boundaries and refreshes).
 MOMENT_NAMES: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
@@ -149,6 +149,8 @@ class StepEngine:
         self._spare = {name: self.buffers.zeros((most, window, chunk)) for name in MOMENT_NAMES}
         self._grad, self._param, self._mask, self._update = (self.buffers.zeros((most, window, chunk)) for _ in range(4))
         self._ones = self.buffers.upload(np.ones((most, window, chunk), np.float32))
+        self._no_windows = self.buffers.zeros((0,))
+        self._empty_outputs = {last: self.buffers.zeros((0, window, last)) for last in (chunk, len(TOKEN_STATE_NAMES))}
 
     def _new_state(self, windows: int) -> dict[str, Any]:
         w, c = self.layout.window, self.layout.chunk
@@ -207,23 +209,23 @@ class StepEngine:
         grad, param, mask = self._window_inputs(chunk, grads, params)
         state = self._state[k]
         consolidate, rerun = np.flatnonzero(boundary), np.flatnonzero(refresh)
-        w, c, t = self.layout.window, self.layout.chunk, len(TOKEN_STATE_NAMES)
         inputs = {
-            "grad": grad, "param": param, "mask": mask, **state,
+            "grad": grad, "param": param, "mask": mask, **{name: state[name] for name in STATE_NAMES},
+            "coefficients": state["coefficients"],
             "scalars": self.buffers.upload(scalars),
             "ctx": self._ctx[k],
-            "boundary_windows": self.buffers.upload(consolidate.astype(np.float32)),
-            "refresh_windows": self.buffers.upload(rerun.astype(np.float32)),
+            "boundary_windows": self._window_list(consolidate),
+            "refresh_windows": self._window_list(rerun),
         }
         outputs = {
             "update": self._update[:b],
             **{f"new_{name}": self._spare[name][:b] for name in MOMENT_NAMES},
-            "consolidated_log_importance": self.buffers.zeros((len(consolidate), w, c)),
-            "consolidated_anchor": self.buffers.zeros((len(consolidate), w, c)),
-            "refreshed_coefficients": self.buffers.zeros((len(rerun), w, t)),
+            "consolidated_log_importance": self._listed_output(len(consolidate), self.layout.chunk),
+            "consolidated_anchor": self._listed_output(len(consolidate), self.layout.chunk),
+            "refreshed_coefficients": self._listed_output(len(rerun), len(TOKEN_STATE_NAMES)),
         }
         self.buffers.synchronize()
-        self.step_function.run({n: inputs[n] for n in INPUT_NAMES}, {n: outputs[n] for n in OUTPUT_NAMES})
+        self.step_function.run(inputs, outputs)
         # Tensors without a gradient were not stepped: they keep their moments (the graph's
         # outputs for their windows are not meaningful).
         idle = np.flatnonzero(scalars[:, SCALAR_NAMES.index("active")] == 0)
@@ -239,6 +241,16 @@ class StepEngine:
             state["anchor"][consolidate] = outputs["consolidated_anchor"]
         if len(rerun):
             state["coefficients"][rerun] = outputs["refreshed_coefficients"]
+
+    def _window_list(self, windows: np.ndarray) -> Any:
+        """``windows`` (indices within a chunk) as the float32 input the step reads; most steps list none."""
+        return self._no_windows if not len(windows) else self.buffers.upload(windows.astype(np.float32))
+
+    def _listed_output(self, windows: int, last: int) -> Any:
+        """A ``[windows, W, last]`` output buffer for listed windows (usually none: a shared empty one)."""
+        if not windows:
+            return self._empty_outputs[last]
+        return self.buffers.zeros((windows, self.layout.window, last))
 
     def _window_inputs(self, chunk: Chunk, grads: list, params: list) -> tuple[Any, Any, Any]:
         """The chunk's ``grad``, ``param`` and ``mask`` windows.
