@@ -59,6 +59,8 @@ class TorchStepFunction:
             if not compile:
                 logger.info("lto: no C++ compiler found, so backend='torch' runs the step eagerly (slower; same numbers)")
         self.compiled = bool(compile)
+        #: What runs the step, as ``OptimizerSession.providers`` says for onnxruntime.
+        self.providers: list[str] = ["PyTorch, torch.compile" if compile else "PyTorch, eager"]
         if compile:
             self.graph.element_steps = compiled_element_steps()
 

@@ -27,7 +27,7 @@ def test_nonfinite_gradient_skips_whole_step(random_head_files, bad):
     opt.zero_grad()
     torch.nn.functional.cross_entropy(model(torch.randn(4, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
     model[3].bias.grad[2] = bad
-    with pytest.warns(RuntimeWarning, match=r"non-finite gradient in param_groups\[0\]\['params'\]\[3\] \(shape \(10,\)\)"):
+    with pytest.warns(RuntimeWarning, match=r"non-finite gradient or parameter in param_groups\[0\]\['params'\]\[3\] \(shape \(10,\)\)"):
         opt.step()
     assert torch.equal(flat_params(model), params)
     after = _state_tensors(opt)
@@ -119,3 +119,20 @@ def test_numpy_float16_and_float64(zero_head_files):
         NumpyLTO(params, lr=0.1, onnx_path=onnx_path).step({"w": np.ones(7, dtype)})
         assert params["w"].dtype == dtype
         np.testing.assert_allclose(params["w"], 0.9, rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_runtime_providers_answer_for_both_backends(backend):
+    opt = LTO(torch.nn.Linear(2, 2).parameters(), backend=backend)
+    assert opt.runtime.providers and all(isinstance(p, str) for p in opt.runtime.providers)
+    assert opt.runtime.providers[0] == ("CPUExecutionProvider" if backend == "onnx" else "PyTorch, torch.compile" if opt.runtime.compiled else "PyTorch, eager")
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr="1e-3"), dict(eps="1e-8"), dict(weight_decay=None), dict(betas=("0.9", 0.999)), dict(lr=True)])
+def test_hyper_parameters_of_the_wrong_type_raise_type_error_like_torch(kwargs):
+    """As torch.optim.Adam: a string (or None, or a bool) where a number belongs is a TypeError that names it."""
+    name = next(iter(kwargs))
+    with pytest.raises(TypeError, match=name):
+        LTO(torch.nn.Linear(2, 2).parameters(), **kwargs)
+    with pytest.raises(TypeError, match=name):
+        NumpyLTO({"w": np.zeros(3, np.float32)}, **kwargs)
