@@ -58,8 +58,8 @@ class LTO(keras.optimizers.Optimizer):
     so ``model.save("m.keras")`` and ``keras.models.load_model`` resume exactly.
 
     Call :meth:`task_boundary` (or use the :class:`TaskBoundary` callback) when one task ends.
-    Gradients with NaN or Inf skip the step: a warning names the variable, and parameters and
-    engine state are unchanged (Keras' ``iterations`` still counts the step).
+    NaN or Inf in a gradient (or in a variable being stepped) skips the step: a warning names the
+    variable, and parameters and engine state are unchanged (Keras' ``iterations`` still counts the step).
 
     Examples:
         >>> model.compile(optimizer=LTO(learning_rate=1e-3), loss="sparse_categorical_crossentropy")
@@ -138,7 +138,7 @@ class LTO(keras.optimizers.Optimizer):
 
     def _warn_nonfinite(self, bad: list[int]) -> None:
         names = [self._trainable_variables[i].path for i in bad]
-        warnings.warn(f"LTO: non-finite gradient in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"LTO: non-finite gradient or parameter in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=4)
 
     def _backend_update_step(self, grads: list, trainable_variables: list, learning_rate: Any) -> None:
         """Step every variable at once through the engine (Keras calls this with the gradients it has)."""
@@ -235,15 +235,15 @@ class LTO(keras.optimizers.Optimizer):
                 stacklevel=2,
             )
             return
+        counters_key = f"{STATE_KEY_PREFIX}counters"
+        if counters_key not in keys:
+            raise ValueError(f"the saved optimizer has no {counters_key!r}; it was not saved by lto's LTO")
         if len(base_keys) != len(self.variables):
             raise ValueError(
                 f"the saved optimizer has {len(base_keys)} Keras variables, '{self.name}' has {len(self.variables)}; "
                 "was it saved with a learning-rate schedule and loaded with a float (or the reverse)?"
             )
         count = len(self._trainable_variables)
-        counters_key = f"{STATE_KEY_PREFIX}counters"
-        if counters_key not in keys:
-            raise ValueError(f"the saved optimizer has no {counters_key!r}; it was not saved by lto's LTO")
         counters = np.asarray(store[counters_key])
         if counters.shape != (len(COUNTERS), count):
             raise ValueError(
@@ -266,9 +266,25 @@ class LTO(keras.optimizers.Optimizer):
             state["boundary_pending"] = bool(state["boundary_pending"])
             states.append(state)
         checked = self.engine.check_states(states, [f"saved state of {v.path}" for v in self._trainable_variables])
-        for i, variable in enumerate(self.variables):
-            variable.assign(store[str(i)])
+        values = [self._saved_variable(store, keys, i, variable) for i, variable in enumerate(self.variables)]
+        for variable, value in zip(self.variables, values):
+            variable.assign(value)
         self.engine.load_states(checked)
+
+    def _saved_variable(self, store: Any, keys: list[str], index: int, variable: Any) -> np.ndarray:
+        """The saved value of Keras variable ``index`` (iterations, learning rate), checked before any is assigned."""
+        key = str(index)
+        value = np.asarray(store[key]) if key in keys else None
+        want = tuple(variable.shape)
+        if value is None or value.shape != want or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+            got = "missing" if value is None else f"{value.dtype} of shape {value.shape}"
+            raise ValueError(f"saved optimizer variable {key!r} for {variable.path} is {got}, expected finite numbers of shape {want}")
+        if variable is self._learning_rate:
+            try:
+                hyper_row(float(value), (self.beta_1, self.beta_2), self.epsilon, 0.0)
+            except ValueError as err:
+                raise ValueError(f"saved optimizer variable {key!r} for {variable.path}: {err}") from None
+        return value
 
 
 class TaskBoundary(keras.callbacks.Callback):

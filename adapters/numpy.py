@@ -59,8 +59,8 @@ class LTO:
         if not isinstance(params, Mapping) or not params:
             raise ValueError("params must be a non-empty dict of name -> numpy array")
         self.params = {str(k): _check_param(str(k), v) for k, v in params.items()}
+        hyper_row(lr, betas, eps, weight_decay)
         self.hyper = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-        hyper_row(**self.hyper)
         self.runtime = OptimizerSession(onnx_path, providers, threads)
         self.engine = StepEngine(self.runtime, [p.shape for p in self.params.values()], max_batch_windows=max_batch_windows)
 
@@ -94,8 +94,8 @@ class LTO:
         """Update the parameters in place from ``grads`` (name -> array; missing names are skipped).
 
         Returns:
-            ``True`` if the step was taken; ``False`` if a gradient held NaN or Inf, in which case a
-            warning names it and nothing changed.
+            ``True`` if the step was taken; ``False`` if a gradient (or the parameter it steps)
+            held NaN or Inf, in which case a warning names it and nothing changed.
         """
         gradients = self._gradients(grads)
         params = list(self.params.values())
@@ -112,7 +112,7 @@ class LTO:
         bad = self.engine.step(gradients, params, np.tile(row, (len(params), 1)), apply)
         if bad:
             names = [list(self.params)[i] for i in bad]
-            warnings.warn(f"lto: non-finite gradient in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"lto: non-finite gradient or parameter in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=2)
         return not bad
 
     def task_boundary(self) -> None:

@@ -129,7 +129,7 @@ def step_tensors(engine: StepEngine, grads: Sequence[torch.Tensor | None], param
     dtypes or devices); with :class:`TorchBuffers` it reads the tensors themselves.
 
     Returns:
-        Indices of tensors whose gradient holds NaN or Inf; nothing changed then.
+        Indices of tensors whose gradient (or stepped parameter) holds NaN or Inf; nothing changed then.
     """
     view = (lambda t: t.detach()) if isinstance(engine.buffers, TorchBuffers) else _as_numpy
     grads = [None if g is None else _local(g) for g in grads]
@@ -246,8 +246,8 @@ class LTO(torch.optim.Optimizer):
             does not compete with torch for cores; 0: onnxruntime's choice, one per physical core);
             the torch backend follows ``torch.set_num_threads``.
 
-    Call :meth:`task_boundary` when one task ends and the next begins. Gradients with NaN or Inf
-    skip the whole step (with a warning naming the tensor); float16, bfloat16 and float64
+    Call :meth:`task_boundary` when one task ends and the next begins. NaN or Inf in a gradient
+    (or in a parameter being stepped) skips the whole step, with a warning naming the tensor; float16, bfloat16 and float64
     parameters are stepped in float32 and cast back.
 
     Examples:
@@ -351,7 +351,7 @@ class LTO(torch.optim.Optimizer):
         bad = step_tensors(engine, grads, params, hyper)
         if bad:
             names = ", ".join(self._tensor_name(i) for i in bad)
-            warnings.warn(f"LTO: non-finite gradient in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"LTO: non-finite gradient or parameter in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=3)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Take one optimizer step; ``closure`` (optional) re-evaluates the model and returns the loss."""
@@ -392,8 +392,8 @@ class LTO(torch.optim.Optimizer):
         if not isinstance(groups, list) or len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups) if isinstance(groups, list) else groups!r} param groups, this optimizer has {len(self.param_groups)}")
         for g, (group, mine) in enumerate(zip(groups, self.param_groups)):
-            if not isinstance(group, dict) or len(group.get("params", ())) != len(mine["params"]):
-                raise ValueError(f"state_dict param_groups[{g}] does not match this optimizer's group {g} (parameter count differs)")
+            if not isinstance(group, dict) or not isinstance(group.get("params"), (list, tuple)) or len(group["params"]) != len(mine["params"]):
+                raise ValueError(f"state_dict param_groups[{g}] does not match this optimizer's group {g} (its 'params' must list {len(mine['params'])} indices)")
             try:
                 hyper_row(group.get("lr"), group.get("betas"), group.get("eps"), group.get("weight_decay"))
             except (TypeError, ValueError) as err:

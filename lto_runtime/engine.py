@@ -91,9 +91,15 @@ class HostBuffers:
 
         A finite sum proves every element finite (NaN and Inf propagate through a sum) in one
         read-only pass; only an array whose sum is not finite (or overflowed) is checked element
-        by element.
+        by element. float16 is summed in float32, where ordinary values do not overflow; NumPy's
+        overflow and invalid-value warnings are the caller's business, not the user's.
         """
-        return [i for i, a in enumerate(arrays) if a is not None and not np.isfinite(a.sum()) and not np.isfinite(a).all()]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return [
+                i
+                for i, a in enumerate(arrays)
+                if a is not None and not np.isfinite(a.sum(dtype=np.float32 if a.dtype == np.float16 else None)) and not np.isfinite(a).all()
+            ]
 
     def synchronize(self) -> None:
         """Nothing to wait for: host arrays are written synchronously."""
@@ -106,7 +112,11 @@ def _is_float32(array: Any) -> bool:
 
 def flat_view(array: Any) -> Any:
     """1-D C-order view of ``array`` (a copy when ``array`` is not contiguous)."""
-    return array.reshape(-1)
+    flat = array.reshape(-1)
+    # A strided 1-D array reshapes to itself; the step binds whole windows in place, contiguous.
+    if hasattr(flat, "flags"):
+        return flat if flat.flags.c_contiguous else np.ascontiguousarray(flat)
+    return flat.contiguous()
 
 
 class StepEngine:
@@ -179,12 +189,15 @@ class StepEngine:
             apply: receives the updates (see :data:`ApplyFn`).
 
         Returns:
-            Indices of tensors whose gradient holds NaN or Inf. When non-empty, nothing was done:
-            parameters, state and counters are untouched.
+            Indices of tensors with a gradient whose gradient or parameter holds NaN or Inf. When
+            non-empty, nothing was done: parameters, state and counters are untouched.
         """
         if len(grads) != len(self.layout.shapes) or len(params) != len(self.layout.shapes):
             raise ValueError(f"expected {len(self.layout.shapes)} gradients and parameters, got {len(grads)} and {len(params)}")
-        nonfinite = self.buffers.nonfinite(grads)
+        # Parameters too: one NaN or Inf element would reach its whole window through the token
+        # summaries (and the anchor, at a boundary), turning finite neighbours and the state NaN.
+        checked = [a if g is not None else None for g, p in zip(grads, params) for a in (g, p)]
+        nonfinite = sorted({i // 2 for i in self.buffers.nonfinite(checked)})
         if nonfinite:
             return nonfinite
         active = np.array([g is not None for g in grads], dtype=bool)

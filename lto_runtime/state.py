@@ -16,6 +16,8 @@ from lto_runtime.format import HYPER_NAMES, SCALAR_NAMES, STATE_NAMES, TOKEN_STA
 
 #: Integer counters of one tensor's state record.
 COUNTER_NAMES: tuple[str, ...] = ("step", "steps_since_boundary", "boundaries")
+_COUNTER_MAX = int(np.iinfo(np.int64).max)  # counters are held as int64
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # the step reads hyper-parameters as float32
 #: Every key of one tensor's state record (see :meth:`StepEngine.tensor_state`).
 TENSOR_STATE_KEYS: tuple[str, ...] = (*STATE_NAMES, "coefficients", *COUNTER_NAMES, "boundary_pending")
 
@@ -34,14 +36,16 @@ def hyper_row(lr: float, betas: tuple[float, float], eps: float, weight_decay: f
     for i, beta in enumerate(betas):
         _check_real(f"betas[{i}]", beta)
     lr, eps, weight_decay = float(lr), float(eps), float(weight_decay)
-    if not 0.0 <= lr < float("inf"):
+    # The step reads these as float32: a value beyond float32's range would be Inf there, and a beta
+    # that rounds to 1.0 would divide Adam's bias correction by zero.
+    if not 0.0 <= lr <= _FLOAT32_MAX:
         raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps < float("inf"):
+    if not 0.0 <= eps <= _FLOAT32_MAX:
         raise ValueError(f"Invalid epsilon value: {eps}")
     for i, beta in enumerate(betas):
-        if not 0.0 <= float(beta) < 1.0:
+        if not 0.0 <= float(beta) < 1.0 or np.float32(float(beta)) == 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
-    if not 0.0 <= weight_decay < float("inf"):
+    if not 0.0 <= weight_decay <= _FLOAT32_MAX:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
     return np.array([lr, float(betas[0]), float(betas[1]), eps, weight_decay], dtype=np.float64)
 
@@ -144,8 +148,8 @@ def check_tensor_state(state: Any, shape: tuple[int, ...], tokens: int, where: s
         out[key] = value
     for key in COUNTER_NAMES:
         value = state[key]
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{where}[{key!r}] must be a non-negative int, got {value!r}")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value <= _COUNTER_MAX:
+            raise ValueError(f"{where}[{key!r}] must be a non-negative int (at most {_COUNTER_MAX}), got {value!r}")
         out[key] = int(value)
     if out["steps_since_boundary"] > out["step"]:
         raise ValueError(f"{where}: steps_since_boundary {out['steps_since_boundary']} exceeds step {out['step']}")
@@ -161,6 +165,8 @@ def _host_array(value: Any, where: str) -> np.ndarray:
         value = value.detach().cpu()
         if value.is_complex():
             raise ValueError(f"{where} is complex")
+        if str(value.dtype) == "torch.bool":
+            raise ValueError(f"{where} must be a real array, got tensor {value.dtype}")
         value = value.float().numpy()
     if not isinstance(value, np.ndarray) or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
         raise ValueError(f"{where} must be a real array, got {type(value).__name__} {getattr(value, 'dtype', '')}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -53,3 +55,27 @@ def outputs_like(inputs: dict, fill: float = np.nan) -> dict[str, np.ndarray]:
         "refreshed_coefficients": (refresh, *coefficients.shape[1:]),
     }
     return {name: np.full(shape, fill, np.float32) for name, shape in shapes.items()}
+
+
+def frozen(value: Any) -> Any:
+    """``value`` as nested tuples of plain values; tensors and arrays as (dtype, shape, bytes).
+
+    Two values freeze equal exactly when they are byte-identical, keys and types included.
+    """
+    if torch.is_tensor(value):
+        flat = torch.empty(value.numel(), dtype=value.dtype).copy_(value.detach().cpu().reshape(-1))
+        return ("tensor", str(value.dtype), tuple(value.shape), flat.view(torch.uint8).numpy().tobytes())
+    if isinstance(value, np.ndarray):
+        return ("array", str(value.dtype), value.shape, np.ascontiguousarray(value).tobytes())
+    if isinstance(value, dict):
+        return ("dict", tuple((repr(k), frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(frozen(v) for v in value))
+    return (type(value).__name__, repr(value))
+
+
+def keras_numpy(value: Any) -> np.ndarray:
+    """A Keras variable or array (torch backend) as a NumPy copy (``keras.ops.convert_to_numpy``
+    warns about NumPy 2's ``copy`` keyword on every call)."""
+    value = getattr(value, "value", value)
+    return value.detach().cpu().numpy().copy() if torch.is_tensor(value) else np.array(value)
