@@ -14,11 +14,12 @@ the exported ONNX graph compute the same numbers. Inputs are windows ``[B, W, C]
 The learning sits at the token level: the network reads per-token summaries and emits three
 coefficients per token (:func:`token_features`, :class:`~lto_core.network.TokenNetwork`); every
 element then follows a closed form in Adam's direction, its importance and its drift
-(:func:`protected_update`). The network runs only on the ``refresh_windows`` (every
-``refresh_every`` steps once a task was consolidated) and consolidation only on the
-``boundary_windows``; both work on those windows alone, gathered by index, and their results take
-effect from the next step, so an ordinary step makes a handful of passes over the elements and
-writes only the update and Adam's moments.
+(:func:`protected_update`). The network runs only on the ``refresh_windows`` (at each task
+boundary and every ``refresh_every`` steps after it) and consolidation only on the
+``boundary_windows``; both work on those windows alone, gathered by index, and the runtime writes
+their results into the state before it computes the step's update (see
+:data:`lto_runtime.format.OUTPUT_NAMES`), so an ordinary step makes a handful of passes over the
+elements and writes only the update and Adam's moments.
 
 The rule is Adam-residual: with every coefficient zero it is exactly Adam with bias correction
 (Kingma & Ba, 2015) as ``torch.optim.Adam`` computes it, and the coefficients stay zero in windows

@@ -66,30 +66,40 @@ class UnrolledLTO:
         self.counters.task_boundary()
 
     def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Return ``params + update``; gradients are treated as constants."""
+        """Return ``params + update``; gradients are treated as constants.
+
+        As the runtime's engine does, windows that consolidate a boundary or refresh their
+        coefficients get them first, so the update already uses them.
+        """
         active = np.ones(len(self.packer.layout.shapes), dtype=bool)
         scalars, boundary, refresh = self.counters.advance(active, self.hyper)
-        windows = {name: torch.from_numpy(np.flatnonzero(flags[self._owner]).astype(np.float32))
-                   for name, flags in (("boundary_windows", boundary), ("refresh_windows", refresh))}
+        none = torch.zeros(0)
         inputs = {
             "grad": self.packer.pack([g.detach() for g in grads]),
             "param": self.packer.pack(params),
             "mask": self.packer.mask,
-            **self.state,
             "scalars": torch.from_numpy(scalars[self._owner]),
             "ctx": self.packer.ctx,
-            **windows,
+            "boundary_windows": none,
+            "refresh_windows": none,
         }
-        outputs = dict(zip(OUTPUT_NAMES, self.graph(*(inputs[n] for n in INPUT_NAMES))))
-        self.state["exp_avg"], self.state["exp_avg_sq"] = outputs["new_exp_avg"], outputs["new_exp_avg_sq"]
-        for name, output, at in (
-            ("log_importance", "consolidated_log_importance", "boundary_windows"),
-            ("anchor", "consolidated_anchor", "boundary_windows"),
-            ("coefficients", "refreshed_coefficients", "refresh_windows"),
+        for listed, flags, slots in (
+            ("boundary_windows", boundary, (("log_importance", "consolidated_log_importance"), ("anchor", "consolidated_anchor"))),
+            ("refresh_windows", refresh, (("coefficients", "refreshed_coefficients"),)),
         ):
-            if len(windows[at]):
-                self.state[name] = self.state[name].index_put((windows[at].long(),), outputs[output])
+            windows = torch.from_numpy(np.flatnonzero(flags[self._owner]).astype(np.float32))
+            if len(windows):
+                outputs = self._run({**inputs, listed: windows})
+                for name, output in slots:
+                    self.state[name] = self.state[name].index_put((windows.long(),), outputs[output])
+        outputs = self._run(inputs)
+        self.state["exp_avg"], self.state["exp_avg_sq"] = outputs["new_exp_avg"], outputs["new_exp_avg_sq"]
         return [p + u for p, u in zip(params, self.packer.unpack(outputs["update"]))]
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step graph on ``inputs`` and the current state, outputs by name."""
+        feeds = {**inputs, **self.state}
+        return dict(zip(OUTPUT_NAMES, self.graph(*(feeds[n] for n in INPUT_NAMES))))
 
     def detach_(self) -> None:
         """Cut the autograd history (end of a truncation)."""

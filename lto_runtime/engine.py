@@ -218,25 +218,30 @@ class StepEngine:
     def _run_chunk(
         self, k: int, chunk: Chunk, grads: list, params: list, scalars: np.ndarray, boundary: np.ndarray, refresh: np.ndarray
     ) -> None:
+        """Step one chunk; where windows consolidate a boundary or refresh their coefficients, a
+        first call computes only that (its update and moments are discarded), so the step proper
+        already uses the new importance, anchor and coefficients."""
         b = chunk.windows
         grad, param, mask = self._window_inputs(chunk, grads, params)
         state = self._state[k]
-        consolidate, rerun = np.flatnonzero(boundary), np.flatnonzero(refresh)
         inputs = {
             "grad": grad, "param": param, "mask": mask, **{name: state[name] for name in STATE_NAMES},
             "coefficients": state["coefficients"],
             "scalars": self.buffers.upload(scalars),
             "ctx": self._ctx[k],
-            "boundary_windows": self._window_list(consolidate),
-            "refresh_windows": self._window_list(rerun),
+            "boundary_windows": self._no_windows,
+            "refresh_windows": self._no_windows,
         }
         outputs = {
             "update": self._update[:b],
             **{f"new_{name}": self._spare[name][:b] for name in MOMENT_NAMES},
-            "consolidated_log_importance": self._listed_output(len(consolidate), self.layout.chunk),
-            "consolidated_anchor": self._listed_output(len(consolidate), self.layout.chunk),
-            "refreshed_coefficients": self._listed_output(len(rerun), len(TOKEN_STATE_NAMES)),
+            "consolidated_log_importance": self._empty_outputs[self.layout.chunk],
+            "consolidated_anchor": self._empty_outputs[self.layout.chunk],
+            "refreshed_coefficients": self._empty_outputs[len(TOKEN_STATE_NAMES)],
         }
+        consolidate, rerun = np.flatnonzero(boundary), np.flatnonzero(refresh)
+        if len(consolidate) or len(rerun):
+            self._update_listed_windows(state, inputs, outputs, consolidate, rerun)
         self.buffers.synchronize()
         self.step_function.run(inputs, outputs)
         # Tensors without a gradient were not stepped: they keep their moments (the graph's
@@ -249,21 +254,31 @@ class StepEngine:
                 state[name], self._spare[name] = self._spare[name], state[name]
             else:
                 state[name][:] = outputs[f"new_{name}"]
+
+    def _update_listed_windows(
+        self, state: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any], consolidate: np.ndarray, rerun: np.ndarray
+    ) -> None:
+        """Consolidate the ``consolidate`` windows, then run the network on the ``rerun`` windows
+        (seeing the new importance), writing both into ``state``."""
+        w = self.layout.window
         if len(consolidate):
-            state["log_importance"][consolidate] = outputs["consolidated_log_importance"]
-            state["anchor"][consolidate] = outputs["consolidated_anchor"]
+            listed = {
+                "consolidated_log_importance": self.buffers.zeros((len(consolidate), w, self.layout.chunk)),
+                "consolidated_anchor": self.buffers.zeros((len(consolidate), w, self.layout.chunk)),
+            }
+            self.buffers.synchronize()
+            self.step_function.run({**inputs, "boundary_windows": self._window_list(consolidate)}, {**outputs, **listed})
+            state["log_importance"][consolidate] = listed["consolidated_log_importance"]
+            state["anchor"][consolidate] = listed["consolidated_anchor"]
         if len(rerun):
-            state["coefficients"][rerun] = outputs["refreshed_coefficients"]
+            listed = {"refreshed_coefficients": self.buffers.zeros((len(rerun), w, len(TOKEN_STATE_NAMES)))}
+            self.buffers.synchronize()
+            self.step_function.run({**inputs, "refresh_windows": self._window_list(rerun)}, {**outputs, **listed})
+            state["coefficients"][rerun] = listed["refreshed_coefficients"]
 
     def _window_list(self, windows: np.ndarray) -> Any:
         """``windows`` (indices within a chunk) as the float32 input the step reads; most steps list none."""
         return self._no_windows if not len(windows) else self.buffers.upload(windows.astype(np.float32))
-
-    def _listed_output(self, windows: int, last: int) -> Any:
-        """A ``[windows, W, last]`` output buffer for listed windows (usually none: a shared empty one)."""
-        if not windows:
-            return self._empty_outputs[last]
-        return self.buffers.zeros((windows, self.layout.window, last))
 
     def _window_inputs(self, chunk: Chunk, grads: list, params: list) -> tuple[Any, Any, Any]:
         """The chunk's ``grad``, ``param`` and ``mask`` windows.

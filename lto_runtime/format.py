@@ -27,8 +27,11 @@ INPUT_NAMES: tuple[str, ...] = (
 )
 #: Graph outputs, in order: the update and Adam's new moments ``[B, W, C]``; the consolidated
 #: importance and anchor of the ``boundary_windows`` ``[Nb, W, C]``; the network's new coefficients
-#: for the ``refresh_windows`` ``[Nr, W, len(TOKEN_STATE_NAMES)]``. The caller writes these into its
-#: state; every other input state is unchanged by the step.
+#: for the ``refresh_windows`` ``[Nr, W, len(TOKEN_STATE_NAMES)]``. A runtime first calls the graph
+#: with the windows to consolidate listed, then with those to refresh, writing the results into its
+#: state each time, and then once with no window listed for the update and moments it keeps, so
+#: the step already uses what was consolidated and chosen on it (every other input state is
+#: unchanged by the step).
 OUTPUT_NAMES: tuple[str, ...] = (
     "update", "new_exp_avg", "new_exp_avg_sq", "consolidated_log_importance", "consolidated_anchor", "refreshed_coefficients"
 )

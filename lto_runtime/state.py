@@ -86,8 +86,8 @@ class StepCounters:
             ``(scalars, boundary, refresh)``: the scalar rows ``[count, len(SCALAR_NAMES)]`` of the
             step, which tensors consolidate a task boundary on it (on a tensor's first step too:
             the anchor starts at its initial value) and which run the network. The network runs
-            once a tensor holds a consolidated task: on the step after each boundary (whose
-            consolidation takes effect from there) and every ``refresh_every`` steps after that.
+            once a tensor holds a consolidated task: on the step of each boundary and every
+            ``refresh_every`` steps after it.
         """
         hyper = np.asarray(hyper, dtype=np.float64).reshape(len(active), len(HYPER_NAMES))
         boundary = (self.boundary_pending | (self.step == 0)) & active
@@ -96,7 +96,7 @@ class StepCounters:
         self.steps_since_boundary[active] = np.where(boundary[active], 1, self.steps_since_boundary[active] + 1)
         self.boundary_pending[active] = False
         since = self.steps_since_boundary
-        refresh = active & (self.boundaries > 0) & (since >= 2) & ((since - 2) % self.refresh_every == 0)
+        refresh = active & (self.boundaries > 0) & ((since - 1) % self.refresh_every == 0)
         columns = [self.step, since, self.boundaries, active]
         scalars = np.concatenate([hyper, np.stack(columns, axis=1)], axis=1).astype(np.float32)
         return scalars, boundary, refresh
