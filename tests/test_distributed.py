@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from helpers import digits_batches, digits_mlp
+from helpers import digits_mlp, train
 
 WORLD = 2
 #: Steps before and after the task boundary.
@@ -45,14 +45,7 @@ def _train_task(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, t
     """``STEPS`` steps on this rank's shard of task ``task``, after a task boundary unless it is the first."""
     if task:
         opt.task_boundary()
-    losses = []
-    for x, y in digits_batches(STEPS, batch=32, seed=100 * task + rank):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
+    return train(model, opt, STEPS, seed=100 * task + rank)
 
 
 def _flat_state(state_dict: dict) -> dict[str, torch.Tensor]:
