@@ -39,6 +39,10 @@ from lto_runtime.format import SCALAR_NAMES
 
 #: Bound on the scale-free features, so no single token can dominate the network's input.
 FEATURE_CLIP = 10.0
+#: Bound on squared-gradient averages before they are averaged over a window: a finite gradient
+#: whose square overflows float32 makes ``v`` infinite, and one infinity would turn the window's
+#: normalized importance and token summaries into NaN (1,024 of these bounded values still sum finite).
+_HUGE = 1e35
 #: Floor for denominators and logarithms. Applied with ``clamp``, never added: the ONNX optimizer
 #: folds ``x + 1e-30`` to ``x``, which would turn ``0/0`` into NaN in the exported graph only.
 _TINY = 1e-30
@@ -86,7 +90,7 @@ def consolidate_importance(
     averages one per task; stored as ``P = log(1 + Omega)``, the form the step uses. (The anchor
     ``theta*`` moves to the parameters at the boundary.)
     """
-    fisher = exp_avg_sq / bc2_prev.clamp(min=1e-12)
+    fisher = (exp_avg_sq / bc2_prev.clamp(min=1e-12)).clamp(max=_HUGE)
     fisher = fisher / window_mean(fisher, mask).clamp(min=_TINY)
     return torch.log1p(torch.expm1(log_importance) + fisher * mask)
 
@@ -139,7 +143,7 @@ def token_features(
     Each is clipped to ``[-10, 10]``. Padding is zero in every input, so sums need no mask.
     """
     count = mask.sum(dim=-1).clamp(min=1.0)
-    v_hat = exp_avg_sq / bc2
+    v_hat = (exp_avg_sq / bc2).clamp(max=_HUGE)
     scaled = grad / (v_hat.sqrt() + eps)
     energy = token_mean(scaled * scaled, count)
     adam_rms = token_mean(direction * direction, count).sqrt()

@@ -143,7 +143,10 @@ def check_tensor_state(state: Any, shape: tuple[int, ...], tokens: int, where: s
         value = _host_array(state[key], f"{where}[{key!r}]")
         if value.shape != want:
             raise ValueError(f"{where}[{key!r}] has shape {value.shape}, expected {want}")
-        if not np.isfinite(value).all():
+        # Adam's second moment overflows to +Inf under a gradient whose square exceeds float32 (as
+        # torch.optim.Adam's does), and such a state must load back; nothing else may be non-finite.
+        finite = np.isfinite(value) | ((value == np.inf) if key == "exp_avg_sq" else False)
+        if not finite.all():
             raise ValueError(f"{where}[{key!r}] holds NaN or Inf")
         out[key] = value
     for key in COUNTER_NAMES:
