@@ -19,11 +19,11 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from lto_runtime.format import SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
+from lto_runtime.layout import Chunk, TokenLayout
+from lto_runtime.state import StepCounters, check_tensor_state
 
 #: The state slots every step rewrites in full (the others change only at boundaries and refreshes).
 MOMENT_NAMES: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
-from lto_runtime.layout import Chunk, TokenLayout
-from lto_runtime.state import StepCounters, check_tensor_state, hyper_row
 
 #: Default windows per step-function call (512 windows of 1,024 elements: 2 MiB per buffer). Fewer
 #: calls cost less Python and binding overhead; the buffers, and so the step's extra memory, grow with it.

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lto_runtime.format import HYPER_NAMES, SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
+from lto_runtime.format import HYPER_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
 
 #: Integer counters of one tensor's state record.
 COUNTER_NAMES: tuple[str, ...] = ("step", "steps_since_boundary", "boundaries")
