@@ -146,17 +146,23 @@ def token_features(
     v_hat = (exp_avg_sq / bc2).clamp(max=_HUGE)
     scaled = grad / (v_hat.sqrt() + eps)
     energy = token_mean(scaled * scaled, count)
-    adam_rms = token_mean(direction * direction, count).sqrt()
+    adam_rms = _root(token_mean(direction * direction, count))
     importance = token_mean(log_importance, count)
-    rms_param = window_mean(param * param, mask).clamp(min=_TINY).sqrt()
-    drift = token_mean((param - anchor) ** 2, count).sqrt() / rms_param[..., 0]
+    rms_param = _root(window_mean(param * param, mask))
+    drift = _root(token_mean((param - anchor) ** 2, count)) / rms_param[..., 0]
     overlap = token_mean(scaled * scaled * log_importance, count) / energy.clamp(min=_TINY) - importance
     curvature = torch.log(token_mean(v_hat, count).clamp(min=_TINY) / window_mean(v_hat, mask)[..., 0].clamp(min=_TINY))
     feats = torch.stack(
-        [energy.sqrt(), adam_rms, token_mean(direction, count) / adam_rms.clamp(min=_TINY), importance, drift, overlap, curvature],
+        [_root(energy), adam_rms, token_mean(direction, count) / adam_rms, importance, drift, overlap, curvature],
         dim=-1,
     )
     return feats.clamp(-FEATURE_CLIP, FEATURE_CLIP)
+
+
+def _root(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(max(x, 1e-30))``: a square root whose gradient stays finite where ``x`` is zero
+    (a padding token, no drift yet), so meta-gradients through the summaries cannot turn NaN."""
+    return x.clamp(min=_TINY).sqrt()
 
 
 def window_context(ctx: torch.Tensor, step: torch.Tensor, since: torch.Tensor, boundaries: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
@@ -360,5 +366,5 @@ class StepGraph(nn.Module):
             ctx, column["step"], column["steps_since_boundary"], column["boundaries"], window_mean(log_importance, mask)[:, :, 0]
         )
         raw = self.network(tokens, mask.sum(dim=-1), context)
-        rms_param = window_mean(param * param, mask).clamp(min=_TINY).sqrt()
+        rms_param = _root(window_mean(param * param, mask))
         return bounded_coefficients(raw, rms_param) * memory_gate(log_importance, mask)

@@ -162,3 +162,26 @@ def test_validation_problems_cover_every_source_and_stream_kind():
     assert {s.data for s in specs} == set(config.validation_family.data)
     assert {s.stream for s in specs} == set(config.validation_family.streams)
     assert specs == validation_specs(config, seed=0) and specs != validation_specs(config, seed=1)
+
+
+def test_meta_gradient_through_the_network_is_finite():
+    """The meta-gradient reaches the network through its token summaries; padding tokens and a
+    fresh anchor (zero drift) make some of them zero, where a plain square root has an infinite
+    derivative and turned the meta-loss NaN. With a network whose output depends on its input,
+    every gradient stays finite."""
+    from lto_export.onnx_export import example_inputs
+    from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES
+
+    torch.manual_seed(0)
+    graph = StepGraph()
+    with torch.no_grad():
+        graph.network.out.weight.normal_(0.0, 0.5)
+    inputs = dict(zip(INPUT_NAMES, example_inputs(graph, windows=3, seed=0)))
+    param = inputs["param"].clone().requires_grad_()
+    inputs["param"], inputs["anchor"] = param, param.detach().clone()  # zero drift, as right after a boundary
+    inputs["refresh_windows"] = torch.arange(3, dtype=torch.float32)  # the last window is half padding
+    outputs = dict(zip(OUTPUT_NAMES, graph(*(inputs[n] for n in INPUT_NAMES))))
+    (outputs["refreshed_coefficients"].sum() + outputs["update"].sum()).backward()
+    assert torch.isfinite(param.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in graph.network.parameters() if p.grad is not None)
+    assert any(p.grad.abs().sum() > 0 for p in graph.network.parameters() if p.grad is not None)
