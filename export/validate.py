@@ -40,23 +40,10 @@ class ComparingStepFunction:
 
     def __init__(self, reference, candidate) -> None:
         self.reference, self.candidate = reference, candidate
+        #: The candidate's layout (see :class:`~lto_runtime.StepFunction`).
+        self.window, self.chunk, self.refresh_every = candidate.window, candidate.chunk, candidate.refresh_every
         self.max_difference = 0.0
         self.calls = 0
-
-    @property
-    def window(self) -> int:
-        """The candidate's tokens per window."""
-        return self.candidate.window
-
-    @property
-    def chunk(self) -> int:
-        """The candidate's elements per token."""
-        return self.candidate.chunk
-
-    @property
-    def refresh_every(self) -> int:
-        """The candidate's steps between network runs."""
-        return self.candidate.refresh_every
 
     def run(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         """Compute with both; write the candidate's outputs."""

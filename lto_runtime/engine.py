@@ -267,18 +267,18 @@ class StepEngine:
                 "consolidated_anchor": self.buffers.zeros((len(consolidate), w, self.layout.chunk)),
             }
             self.buffers.synchronize()
-            self.step_function.run({**inputs, "boundary_windows": self._window_list(consolidate)}, {**outputs, **listed})
+            self.step_function.run({**inputs, "boundary_windows": self._listed(consolidate)}, {**outputs, **listed})
             state["log_importance"][consolidate] = listed["consolidated_log_importance"]
             state["anchor"][consolidate] = listed["consolidated_anchor"]
         if len(rerun):
             listed = {"refreshed_coefficients": self.buffers.zeros((len(rerun), w, len(TOKEN_STATE_NAMES)))}
             self.buffers.synchronize()
-            self.step_function.run({**inputs, "refresh_windows": self._window_list(rerun)}, {**outputs, **listed})
+            self.step_function.run({**inputs, "refresh_windows": self._listed(rerun)}, {**outputs, **listed})
             state["coefficients"][rerun] = listed["refreshed_coefficients"]
 
-    def _window_list(self, windows: np.ndarray) -> Any:
-        """``windows`` (indices within a chunk) as the float32 input the step reads; most steps list none."""
-        return self._no_windows if not len(windows) else self.buffers.upload(windows.astype(np.float32))
+    def _listed(self, windows: np.ndarray) -> Any:
+        """``windows`` (indices within a chunk) as the float32 input the step reads."""
+        return self.buffers.upload(windows.astype(np.float32))
 
     def _window_inputs(self, chunk: Chunk, grads: list, params: list) -> tuple[Any, Any, Any]:
         """The chunk's ``grad``, ``param`` and ``mask`` windows.
