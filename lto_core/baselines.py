@@ -1,4 +1,4 @@
-"""Continual-learning baselines measured beside LTO: EWC and importance-gated Adam.
+"""Continual-learning baselines measured beside LTO: EWC, SI and importance-gated Adam.
 
 SGD (with optional momentum) and Adam are ``torch.optim.SGD`` and ``torch.optim.Adam``. The two
 here are the hand-designed methods a learned optimizer for continual learning has to beat:
@@ -6,6 +6,8 @@ here are the hand-designed methods a learned optimizer for continual learning ha
 * :class:`EWC`: elastic weight consolidation (Kirkpatrick et al., PNAS 2017), a quadratic penalty
   that anchors each weight in proportion to its diagonal Fisher information on finished tasks. It
   plugs into :func:`lto_core.continual.run_stream` through ``penalty`` and ``on_task_end``.
+* :class:`SI`: synaptic intelligence (Zenke, Poole & Ganguli, ICML 2017), the same kind of
+  penalty with each weight's importance measured online, along the training path.
 * :class:`GatedAdam`: Adam whose step is divided by ``1 + c * Omega``, ``Omega`` the consolidated
   importance of :func:`lto_core.step.consolidate_importance`. It is the hand-set version of what
   the update network learns to do per element.
@@ -26,6 +28,17 @@ from lto_core.streams import Task
 _TINY = 1e-30
 
 
+#: ``log_likelihood(model, task, n)``: log-probability of training example ``n`` of ``task`` (a scalar).
+LogLikelihood = Callable[[nn.Module, Any, int], torch.Tensor]
+
+
+def classification_log_likelihood(model: nn.Module, task: Task, n: int) -> torch.Tensor:
+    """``log p(y_n | x_n)`` of training example ``n`` of a classification task, under its output mask."""
+    x = torch.from_numpy(task.x_train[n : n + 1])
+    y = torch.from_numpy(task.y_train[n : n + 1])
+    return -nn.functional.cross_entropy(masked_logits(model(x), task.classes), y)
+
+
 class EWC:
     """Elastic weight consolidation with the diagonal (empirical) Fisher of each finished task.
 
@@ -42,15 +55,19 @@ class EWC:
     Args:
         lam: the penalty strength ``lambda`` (>= 0).
         fisher_samples: training examples per task used to estimate ``F_k`` (>= 1).
+        log_likelihood: ``log_likelihood(model, task, n)``, the log-probability of training
+            example ``n`` of ``task`` (``task.x_train[n]``); the default is a classifier's
+            :func:`classification_log_likelihood`.
     """
 
-    def __init__(self, lam: float, fisher_samples: int = 256) -> None:
+    def __init__(self, lam: float, fisher_samples: int = 256, log_likelihood: LogLikelihood | None = None) -> None:
         if not 0.0 <= float(lam) < float("inf"):
             raise ValueError(f"Invalid EWC lambda: {lam}; must be a finite number >= 0")
         if int(fisher_samples) < 1:
             raise ValueError(f"Invalid fisher_samples: {fisher_samples}; must be >= 1")
         self.lam = float(lam)
         self.fisher_samples = int(fisher_samples)
+        self.log_likelihood = log_likelihood or classification_log_likelihood
         #: One ``(fisher, anchor)`` pair of per-parameter tensor lists per finished task.
         self.consolidated: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
 
@@ -71,15 +88,128 @@ class EWC:
         was_training = model.training
         model.eval()
         for n in range(count):
-            x = torch.from_numpy(task.x_train[n : n + 1])
-            y = torch.from_numpy(task.y_train[n : n + 1])
-            log_likelihood = -nn.functional.cross_entropy(masked_logits(model(x), task.classes), y)
-            grads = torch.autograd.grad(log_likelihood, params, allow_unused=True)
+            grads = torch.autograd.grad(self.log_likelihood(model, task, n), params, allow_unused=True)
             for f, g in zip(fisher, grads):
                 if g is not None:
                     f.add_(g.square())
         model.train(was_training)
         self.consolidated.append(([f / count for f in fisher], [p.detach().clone() for p in params]))
+
+
+class SI:
+    """Synaptic intelligence (Zenke, Poole & Ganguli, ICML 2017): importance is each weight's
+    share of the drop in the task loss along the path training took.
+
+    While task ``mu`` trains, every step from ``theta(t)`` to ``theta(t+1)`` adds to the path integral
+
+        ``omega_i <- omega_i - g_i(t) * (theta_i(t+1) - theta_i(t))``,
+
+    ``g(t)`` the gradient of the task loss alone at ``theta(t)``. When the task ends
+    (:meth:`on_task_end`) it is normalized by how far each weight travelled over the task and
+    consolidated,
+
+        ``Omega_i <- Omega_i + omega_i / (Delta_i^2 + xi)``,  ``Delta_i = theta_i(end of mu) - theta~_i``,
+
+    then ``omega`` restarts at zero and the anchor ``theta~`` moves to the current parameters
+    (before the first task it is the initial parameters). The penalty added to every training loss is
+
+        ``c * sum_i Omega_i (theta_i - theta~_i)^2``,
+
+    zero until a task has been consolidated. The defaults ``c = 1``, ``xi = 1e-3`` are the paper's
+    split-MNIST setting (its permuted-MNIST one is ``c = 0.1``, ``xi = 0.1``).
+
+    The gradients are read from ``.grad`` after each backward pass, by hooks registered at the
+    first :meth:`penalty` call (``autograd.grad`` calls do not reach them). ``.grad`` holds the
+    gradient of the whole loss, so the penalty's own gradient
+    ``2 c Omega (theta - theta~)`` is subtracted to leave the task loss's. :meth:`penalty` must be
+    called once per step, before the backward pass, as :func:`lto_core.continual.run_stream` does.
+
+    Args:
+        c: the penalty strength ``c`` (>= 0).
+        xi: the damping ``xi`` (> 0): keeps ``Omega`` finite for weights that did not move.
+    """
+
+    def __init__(self, c: float = 1.0, xi: float = 1e-3) -> None:
+        if not 0.0 <= float(c) < float("inf"):
+            raise ValueError(f"Invalid SI c: {c}; must be a finite number >= 0")
+        if not 0.0 < float(xi) < float("inf"):
+            raise ValueError(f"Invalid SI xi: {xi}; must be a finite number > 0")
+        self.c = float(c)
+        self.xi = float(xi)
+        self.consolidated_tasks = 0
+        self._params: list[nn.Parameter] = []
+        self._hooks: list[Any] = []
+        self.path_integral: list[torch.Tensor] = []  # omega, this task's
+        self.importance: list[torch.Tensor] = []  # Omega, consolidated
+        self.anchor: list[torch.Tensor] = []  # theta~
+        self._before_step: list[torch.Tensor] | None = None  # theta(t) of the step in flight
+        self._grads: list[torch.Tensor | None] = []  # its gradients, filled by the hooks
+
+    def _watch(self, params: list[nn.Parameter]) -> None:
+        """Start tracking ``params``: zero importance and path integral, anchor at their values."""
+        for hook in self._hooks:
+            hook.remove()
+        self._params = params
+        self.path_integral = [torch.zeros_like(p).detach() for p in params]
+        self.importance = [torch.zeros_like(p).detach() for p in params]
+        self.anchor = [p.detach().clone() for p in params]
+        self._before_step = None
+        self._grads = [None] * len(params)
+        self._hooks = [p.register_post_accumulate_grad_hook(self._grad_recorder(k)) for k, p in enumerate(params)]
+
+    def _tracked(self, model: nn.Module) -> list[nn.Parameter]:
+        """``model``'s trainable parameters, tracked from now on if they are not yet (a new model)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if len(params) != len(self._params) or any(p is not q for p, q in zip(params, self._params)):
+            self._watch(params)
+        return params
+
+    def _grad_recorder(self, k: int) -> Callable[[torch.Tensor], None]:
+        """A hook keeping a copy of parameter ``k``'s ``.grad`` after each backward pass adds to it
+        (a copy: ``zero_grad(set_to_none=False)`` zeroes ``.grad`` in place)."""
+
+        def record(param: torch.Tensor) -> None:
+            self._grads[k] = param.grad.detach().clone()
+
+        return record
+
+    @torch.no_grad()
+    def _integrate_step(self) -> None:
+        """``omega -= g_task * (theta(t+1) - theta(t))`` for the step in flight, if its gradients came."""
+        if self._before_step is None:
+            return
+        for k, (p, before, grad) in enumerate(zip(self._params, self._before_step, self._grads)):
+            if grad is None:
+                continue
+            if self.consolidated_tasks:
+                grad = grad - 2.0 * self.c * self.importance[k] * (before - self.anchor[k])
+            self.path_integral[k].sub_(grad * (p - before))
+        self._before_step = None
+        self._grads = [None] * len(self._params)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """``c sum_i Omega_i (theta_i - theta~_i)^2``; zero before the first task ends.
+
+        Also closes the path integral of the previous step and opens this one's.
+        """
+        params = self._tracked(model)
+        self._integrate_step()
+        self._before_step = [p.detach().clone() for p in params]
+        if not self.consolidated_tasks:
+            return torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+        total = sum((omega * (p - a).square()).sum() for p, omega, a in zip(params, self.importance, self.anchor))
+        return self.c * total
+
+    @torch.no_grad()
+    def on_task_end(self, model: nn.Module, task: Any = None) -> None:
+        """Consolidate: ``Omega += omega / (Delta^2 + xi)``, restart ``omega``, anchor at the current parameters."""
+        params = self._tracked(model)
+        self._integrate_step()
+        for p, omega, importance, anchor in zip(params, self.path_integral, self.importance, self.anchor):
+            importance.add_(omega / ((p - anchor).square() + self.xi))
+            omega.zero_()
+            anchor.copy_(p)
+        self.consolidated_tasks += 1
 
 
 class GatedAdam(torch.optim.Optimizer):
