@@ -1,7 +1,7 @@
 """Built-in, offline datasets and the loader for a user's own ``.npz`` file.
 
 Nothing here downloads: ``digits`` ships inside scikit-learn, ``mnist1d`` is generated locally with
-``mnist1d.data.make_dataset``, ``gaussians`` and ``teacher`` are synthetic, and ``PATH.npz`` is the user's file.
+``mnist1d.data.make_dataset``, ``gaussians``, ``teacher`` and ``hypercube`` are synthetic, and ``PATH.npz`` is the user's file.
 MNIST-family data is held out from meta-training; it only ever arrives through ``PATH.npz``.
 """
 
@@ -105,6 +105,23 @@ def teacher_dataset(seed: int = 0, classes: int = 10, dim: int = 32, samples: in
     return Dataset("teacher", xtr, ytr, xte, yte)
 
 
+def hypercube_dataset(seed: int = 0, classes: int = 10, dim: int = 40, samples: int = 2400) -> Dataset:
+    """Synthetic vectors from scikit-learn's ``make_classification``: two Gaussian clusters per class
+    on the vertices of a 16-dimensional hypercube, plus 8 redundant (linear combinations) and 16
+    noise features. Unlike ``gaussians`` a class is not one blob, and unlike ``teacher`` the classes
+    are not carved by a network: meta-training validates on it and never trains on it.
+    """
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=samples, n_features=dim, n_informative=16, n_redundant=8, n_classes=classes,
+        n_clusters_per_class=2, class_sep=1.5, random_state=seed,
+    )
+    xtr, ytr, xte, yte = _split(x.astype(np.float32), y.astype(np.int64), 0.25, seed)
+    xtr, xte = _standardize(xtr, xte)
+    return Dataset("hypercube", xtr, ytr, xte, yte)
+
+
 def load_npz(path: str | Path) -> Dataset:
     """A user's local ``.npz`` with ``x_train, y_train, x_test, y_test`` (images or vectors).
 
@@ -146,11 +163,11 @@ def load_npz(path: str | Path) -> Dataset:
 
 
 #: Built-in dataset names for ``--data``.
-BUILTIN = ("digits", "mnist1d", "gaussians", "teacher")
+BUILTIN = ("digits", "mnist1d", "gaussians", "teacher", "hypercube")
 
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """``digits``, ``mnist1d``, ``gaussians``, ``teacher`` or a path to a ``.npz`` file."""
+    """``digits``, ``mnist1d``, ``gaussians``, ``teacher``, ``hypercube`` or a path to a ``.npz`` file."""
     if name == "digits":
         return load_digits(seed)
     if name == "mnist1d":
@@ -159,6 +176,8 @@ def load_dataset(name: str, seed: int = 0) -> Dataset:
         return gaussian_mixture(seed)
     if name == "teacher":
         return teacher_dataset(seed)
+    if name == "hypercube":
+        return hypercube_dataset(seed)
     if name.endswith(".npz") or Path(name).exists():
         return load_npz(name)
     raise ValueError(f"unknown data {name!r}; use one of {BUILTIN} or a path to a local .npz file")

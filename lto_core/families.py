@@ -1,14 +1,16 @@
 """Task families: distributions over continual-learning problems to meta-train and validate on.
 
-A :class:`Family` says which datasets, stream kinds, scenarios, architectures, stream lengths,
-steps per task and learning rates may be drawn; :meth:`Family.sample` draws one
-:class:`ProblemSpec`, and :func:`build_problem` turns it into a stream and a fresh model.
+A :class:`Family` says which datasets, stream kinds, scenarios, architectures and sizes, stream
+lengths, steps per task and learning rates may be drawn; :meth:`Family.sample` draws one
+:class:`ProblemSpec`, :meth:`Family.sample_population` a set of problems of one shape that
+differ in seeds and learning rates (trained together, see :mod:`lto_core.population`), and
+:func:`build_problem` turns a spec into a stream and a fresh model.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -39,18 +41,31 @@ class ProblemSpec:
         return asdict(self)
 
 
+def shape_key(spec: ProblemSpec) -> tuple:
+    """What problems trained together must share: everything but the seed and the learning rate."""
+    return (spec.data, spec.stream, spec.scenario, spec.arch, tuple(sorted(spec.arch_sizes.items())),
+            spec.tasks, spec.steps_per_task, spec.batch_size)
+
+
 @dataclass(frozen=True)
 class Family:
-    """A distribution over :class:`ProblemSpec`; ranges are inclusive, ``lr`` is log-uniform."""
+    """A distribution over :class:`ProblemSpec`; ranges are inclusive, ``lr`` is log-uniform.
+
+    ``widths``/``depths`` size the MLPs, ``channels`` the CNNs, ``dims`` the transformers.
+    """
 
     data: tuple[str, ...] = ("digits", "gaussians", "teacher")
     streams: tuple[str, ...] = ("split", "permuted", "remapped")
-    scenarios: tuple[str, ...] = ("task", "domain")
+    scenarios: tuple[str, ...] = ("task", "domain", "class")
     archs: tuple[str, ...] = ("mlp", "cnn", "transformer")
-    tasks: tuple[int, int] = (3, 6)
-    steps_per_task: tuple[int, int] = (40, 400)
+    tasks: tuple[int, int] = (3, 10)
+    steps_per_task: tuple[int, int] = (200, 2000)
     lr: tuple[float, float] = (3e-4, 3e-3)
     batch_size: int = 32
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, int] = (1, 4)
+    channels: tuple[int, ...] = (8, 16)
+    dims: tuple[int, ...] = (16, 32)
 
     def sample(self, rng: np.random.Generator) -> ProblemSpec:
         """Draw one problem; ``rng`` alone decides it."""
@@ -58,12 +73,11 @@ class Family:
         stream = str(rng.choice(self.streams))
         arch = str(rng.choice(self.archs))
         if arch == "mlp":
-            sizes = {"width": int(rng.choice([32, 64])), "depth": int(rng.integers(1, 4))}
+            sizes = {"width": int(rng.choice(self.widths)), "depth": int(rng.integers(self.depths[0], self.depths[1] + 1))}
         elif arch == "cnn":
-            sizes = {"channels": int(rng.choice([8, 16]))}
+            sizes = {"channels": int(rng.choice(self.channels))}
         else:
-            sizes = {"dim": int(rng.choice([16, 32]))}
-        lr = float(math.exp(rng.uniform(math.log(self.lr[0]), math.log(self.lr[1]))))
+            sizes = {"dim": int(rng.choice(self.dims))}
         return ProblemSpec(
             data=data,
             stream=stream,
@@ -72,10 +86,20 @@ class Family:
             arch_sizes=sizes,
             tasks=int(rng.integers(self.tasks[0], self.tasks[1] + 1)),
             steps_per_task=int(rng.integers(self.steps_per_task[0], self.steps_per_task[1] + 1)),
-            lr=lr,
+            lr=self._sample_lr(rng),
             batch_size=self.batch_size,
             seed=int(rng.integers(0, 2**31 - 1)),
         )
+
+    def sample_population(self, rng: np.random.Generator, size: int) -> list[ProblemSpec]:
+        """``size`` problems of one drawn shape (:func:`shape_key`), each with its own seed and
+        learning rate; ``rng`` alone decides them."""
+        first = self.sample(rng)
+        rest = [replace(first, lr=self._sample_lr(rng), seed=int(rng.integers(0, 2**31 - 1))) for _ in range(size - 1)]
+        return [first, *rest]
+
+    def _sample_lr(self, rng: np.random.Generator) -> float:
+        return float(math.exp(rng.uniform(math.log(self.lr[0]), math.log(self.lr[1]))))
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""

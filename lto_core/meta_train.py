@@ -1,23 +1,37 @@
-"""Meta-training the update network by truncated backpropagation through continual streams.
+"""Meta-training the update network on populations of continual-learning problems.
 
-Each iteration draws one continual-learning problem from a :class:`~lto_core.families.Family`
-(data, stream, scenario, architecture, length, learning rate), trains a fresh model through it
-with the differentiable :class:`~lto_core.unroll.UnrolledLTO`, and every ``truncation`` inner
-steps updates the network's weights with outer Adam on the meta-loss
+Each iteration draws a population of same-shaped problems from a :class:`~lto_core.families.Family`
+(:meth:`~lto_core.families.Family.sample_population`: one data source, stream kind, scenario,
+architecture and length; each problem its own seed and learning rate), trains fresh models through
+their streams together (:class:`~lto_core.population.Population`, the differentiable
+:class:`~lto_core.unroll.UnrolledLTO`), and updates the network's weights with outer Adam on the
+meta-loss
 
     L = sum_t w_t * mean_{j <= current task} ell_j(theta_t) / sum_t w_t,   w_t = t / steps_per_task,
 
-query losses ``ell`` (cross-entropy, or the bounded soft error, see :data:`QUERY_LOSSES`) of the current task and of every earlier one on fresh training batches at
-query points ``t`` of the current task, all tasks weighted equally as in ACC: the current task's
-term rewards learning, the earlier ones penalize forgetting (stability-plasticity). The ramp
-``w_t`` counts late points more: only end-of-task accuracy enters ACC, and a truncation that sees
-the steep start of a task but not its plateau would otherwise buy early speed with forgetting
-(the short-horizon bias of Wu et al., 2018). Meta-gradients are clipped by norm. Validation runs whole held-out
-problems without gradients and keeps the checkpoint with the best mean ACC.
+averaged over the population, with query losses ``ell`` (cross-entropy, or the bounded soft error,
+see :data:`~lto_core.population.QUERY_LOSSES`) of the current task and of every earlier one on fresh
+training batches at query points ``t`` of the current task, all tasks weighted equally as in ACC:
+the current task's term rewards learning, the earlier ones penalize forgetting
+(stability-plasticity). The ramp ``w_t`` counts late points more: only end-of-task accuracy enters
+ACC, and a truncation that sees the steep start of a task but not its plateau would otherwise buy
+early speed with forgetting (the short-horizon bias of Wu et al., 2018).
 
-Determinism: iteration ``i`` draws its problem and batches from ``(seed, i)`` alone, so a run that
-is interrupted and resumed (weights, outer Adam state and progress are checkpointed atomically
-after every iteration, see :func:`meta_train`) continues exactly as an uninterrupted one.
+Two estimators of the meta-gradient (``MetaTrainConfig.estimator``):
+
+* ``"tbptt"``: truncated backpropagation through the updates, one outer step every ``truncation``
+  inner steps; meta-gradients clipped by norm.
+* ``"es"``: antithetic evolution strategies on the whole-stream meta-loss ``F`` (Salimans et al.,
+  2017; unbiased for whole streams, unlike truncations, see Vicol, Metz & Sohl-Dickstein, 2021):
+  ``g = mean_k (F(phi + sigma e_k) - F(phi - sigma e_k)) / (2 sigma) e_k`` over ``es_directions``
+  Gaussian directions, both signs on the same problems and batches; one outer step per iteration.
+
+Validation runs whole held-out problems without gradients (:mod:`lto_core.evaluation`) and keeps
+the checkpoint with the best mean ACC.
+
+Determinism: iteration ``i`` draws its problems, batches and directions from ``(seed, i)`` alone, so
+a run that is interrupted and resumed (weights, outer Adam state and progress are checkpointed
+atomically after every iteration, see :func:`meta_train`) continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,31 +49,14 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from lto_core.checkpoint import load_checkpoint, save_checkpoint, write_atomically
-from lto_core.continual import masked_logits
-from lto_core.families import Family, ProblemSpec, build_problem
-from lto_core.metrics import average_accuracy, backward_transfer
+from lto_core.evaluation import start_population, validate, validation_groups
+from lto_core.families import Family, ProblemSpec
 from lto_core.network import NetworkConfig
+from lto_core.population import QUERY_LOSSES, Population
 from lto_core.step import StepGraph
-from lto_core.streams import Task
-from lto_core.unroll import UnrolledLTO
 
-def soft_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``mean(1 - softmax(logits)_y)``: the error rate of a prediction sampled from the softmax.
-
-    Bounded in ``[0, 1]`` like the accuracy that ACC averages, so a forgotten task costs at most
-    its lost accuracy; cross-entropy grows without bound as an old task's logits drift.
-    """
-    return 1.0 - logits.softmax(dim=-1).gather(1, y[:, None]).mean()
-
-
-#: Meta-objective query losses by config name (``MetaTrainConfig.query_loss``).
-QUERY_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "ce": nn.functional.cross_entropy,
-    "error": soft_error,
-}
-
-#: Seed offset of validation problems, far from the training iterations' keys.
-VALIDATION_KEY = 1_000_003
+#: Meta-gradient estimators by config name (``MetaTrainConfig.estimator``).
+ESTIMATORS = ("tbptt", "es")
 
 
 @dataclass(frozen=True)
@@ -68,14 +65,23 @@ class MetaTrainConfig:
 
     iterations: int = 200
     family: Family = field(default_factory=Family)
-    #: Validation tasks are longer than most training tasks: the optimizer must hold up on lengths
-    #: it was not meta-trained on (meta-overfitting to the unroll horizon is a known failure).
-    #: Streams of 3 to 6 tasks: a fixed 3 favoured protection that longer streams pay for in plasticity.
-    validation_family: Family = field(default_factory=lambda: Family(tasks=(3, 6), steps_per_task=(500, 500)))
-    #: Whole 3x500-step problems; fewer made the keep-best choice noisy (4 swung by 0.17 ACC).
+    #: Problems per iteration, all of one shape, trained together.
+    population: int = 8
+    #: Validation draws a data source and a stream kind that training never draws, and tasks
+    #: longer than most training tasks: the optimizer must hold up beyond what it was meta-trained on.
+    validation_family: Family = field(
+        default_factory=lambda: Family(data=("hypercube",), streams=("rotated", "split", "permuted", "remapped"), tasks=(3, 6), steps_per_task=(500, 500))
+    )
+    #: Validation populations (shapes), stratified over the validation family's sources and stream kinds.
     validation_problems: int = 8
+    #: Problems per validation population (same shape, own seeds and learning rates).
+    validation_population: int = 4
     validate_every: int = 25
+    estimator: str = "tbptt"
     truncation: int = 30
+    #: Antithetic pairs of ES directions per iteration, and the perturbation's standard deviation.
+    es_directions: int = 4
+    es_sigma: float = 0.01
     query_every: int = 5
     query_batch: int = 64
     #: Query loss of the meta-objective, a key of :data:`QUERY_LOSSES`.
@@ -90,6 +96,11 @@ class MetaTrainConfig:
     def __post_init__(self) -> None:
         if self.query_loss not in QUERY_LOSSES:
             raise ValueError(f"query_loss {self.query_loss!r} is not one of {sorted(QUERY_LOSSES)}; set it in the config file")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator {self.estimator!r} is not one of {list(ESTIMATORS)}; set it in the config file")
+        for name in ("population", "validation_population", "es_directions"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}; set it in the config file")
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -109,137 +120,101 @@ class MetaTrainConfig:
             raise ValueError(f"unknown meta-training config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         return cls(**doc)
 
-
-class _Inner:
-    """A model's forward as a function of a list of parameter tensors."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.names = [n for n, _ in model.named_parameters()]
-        self.initial = [p.detach().clone() for p in model.parameters()]
-
-    def loss(self, params: Sequence[torch.Tensor], task: Task, index: np.ndarray, kind: str = "ce") -> torch.Tensor:
-        """``QUERY_LOSSES[kind]`` on the training examples ``index`` of ``task``."""
-        x, y = torch.from_numpy(task.x_train[index]), torch.from_numpy(task.y_train[index])
-        logits = torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,))
-        return QUERY_LOSSES[kind](masked_logits(logits, task.classes), y)
-
-    @torch.no_grad()
-    def accuracy(self, params: Sequence[torch.Tensor], task: Task) -> float:
-        logits = torch.func.functional_call(self.model, dict(zip(self.names, params)), (torch.from_numpy(task.x_test),))
-        return float((masked_logits(logits, task.classes).argmax(-1).numpy() == task.y_test).mean())
+    def validation_groups(self, seed: int) -> list[list[ProblemSpec]]:
+        """The run's held-out validation problems (see :func:`lto_core.evaluation.validation_groups`)."""
+        return validation_groups(self.validation_family, self.validation_problems, self.validation_population, seed)
 
 
-def _grads(inner: _Inner, params: list[torch.Tensor], task: Task, index: np.ndarray) -> tuple[float, list[torch.Tensor]]:
-    """Training loss and its gradient w.r.t. ``params`` (constants for the meta-gradient)."""
-    with torch.enable_grad():
-        leaves = [p.detach().requires_grad_() for p in params]
-        loss = inner.loss(leaves, task, index)
-        return float(loss.detach()), list(torch.autograd.grad(loss, leaves))
+def unroll(graph: StepGraph, population: Population, config: MetaTrainConfig,
+           on_truncation: Callable[[torch.Tensor], None] | None = None) -> float:
+    """Train ``population`` through its whole streams with ``graph``; returns the mean meta-loss
+    over truncations.
 
-
-def _start_problem(graph: StepGraph, spec: ProblemSpec):
-    """A problem's stream, its model as :class:`_Inner`, fresh parameters, an :class:`UnrolledLTO`
-    over them and the batch generator (from ``spec.seed``)."""
-    stream, model = build_problem(spec)
-    inner = _Inner(model)
-    params = [p.clone() for p in inner.initial]
-    opt = UnrolledLTO(graph, [tuple(p.shape) for p in params], lr=spec.lr)
-    rng = np.random.default_rng(spec.seed)
-    return stream, inner, params, opt, rng
-
-
-def run_problem(graph: StepGraph, spec: ProblemSpec) -> np.ndarray:
-    """Train a fresh model through ``spec``'s stream with ``graph`` (no meta-gradient); return R."""
-    stream, inner, params, opt, rng = _start_problem(graph, spec)
-    R = np.zeros((spec.tasks, spec.tasks))
-    with torch.no_grad():
-        for i, task in enumerate(stream.tasks):
-            if i:
-                opt.task_boundary()
-            for _ in range(spec.steps_per_task):
-                _, grads = _grads(inner, params, task, rng.integers(0, len(task.x_train), spec.batch_size))
-                params = opt.step(params, grads)
-            R[i] = [inner.accuracy(params, t) for t in stream.tasks]
-    return R
-
-
-def meta_step_problem(graph: StepGraph, outer: torch.optim.Optimizer, spec: ProblemSpec, config: MetaTrainConfig) -> float:
-    """Meta-train on one problem: truncated backpropagation through its whole stream.
-
-    Returns the mean meta-loss over the problem's truncations.
+    Every ``truncation`` inner steps (and at each task's end) the truncation's meta-loss goes to
+    ``on_truncation`` (a meta-gradient step) and the autograd history is cut.
     """
-    stream, inner, params, opt, rng = _start_problem(graph, spec)
-    query_rng = np.random.default_rng(spec.seed + 1)
+    params, opt, rngs = start_population(graph, population)
+    query_rngs = [np.random.default_rng(s.seed + 1) for s in population.specs]
+    batch = population.specs[0].batch_size
+    steps = population.steps_per_task
     terms: list[torch.Tensor] = []
     weights: list[float] = []
-    meta_losses: list[float] = []
-    for i, task in enumerate(stream.tasks):
+    losses: list[float] = []
+    for i in range(population.tasks):
         if i:
             opt.task_boundary()
-        for step in range(1, spec.steps_per_task + 1):
-            _, grads = _grads(inner, params, task, rng.integers(0, len(task.x_train), spec.batch_size))
-            params = opt.step(params, grads)
-            if step % config.query_every == 0 or step == spec.steps_per_task:
-                terms.append(_query_loss(inner, params, stream.tasks[: i + 1], query_rng, config))
-                weights.append(step / spec.steps_per_task)
-            if step % config.truncation == 0 or step == spec.steps_per_task:
+        for step in range(1, steps + 1):
+            x, y = population.batch(i, rngs, batch)
+            params = opt.step(params, population.grads(params, i, x, y))
+            if step % config.query_every == 0 or step == steps:
+                terms.append(_query_loss(population, params, i, query_rngs, config))
+                weights.append(step / steps)
+            if step % config.truncation == 0 or step == steps:
                 meta = (torch.stack(terms) * torch.tensor(weights)).sum() / sum(weights)
                 # Before the stream's first refresh the network has not acted (every step was Adam's),
                 # so the truncation carries no meta-gradient.
-                if meta.requires_grad:
-                    outer.zero_grad()
-                    meta.backward()
-                    nn.utils.clip_grad_norm_(graph.parameters(), config.clip)
-                    outer.step()
-                meta_losses.append(float(meta.detach()))
+                if on_truncation is not None and meta.requires_grad:
+                    on_truncation(meta)
+                losses.append(float(meta.detach()))
                 terms, weights = [], []
                 params = [p.detach() for p in params]
                 opt.detach_()
-    return float(np.mean(meta_losses))
+    return float(np.mean(losses))
 
 
-def _query_loss(inner: _Inner, params, seen: Sequence[Task], rng: np.random.Generator, config: MetaTrainConfig) -> torch.Tensor:
-    """``mean_{j <= current} ell_j`` on fresh training batches: every task seen so far counts
-    equally, as in ACC, so the current task is one term among them."""
-    batches = [rng.integers(0, len(t.x_train), config.query_batch) for t in seen]
-    return torch.stack([inner.loss(params, t, b, config.query_loss) for t, b in zip(seen, batches)]).mean()
+def _query_loss(population: Population, params, current: int, rngs, config: MetaTrainConfig) -> torch.Tensor:
+    """``mean_{j <= current} ell_j`` on fresh training batches, averaged over the population: every
+    task seen so far counts equally, as in ACC, so the current task is one term among them."""
+    terms = []
+    for j in range(current + 1):
+        x, y = population.batch(j, rngs, config.query_batch)
+        terms.append(population.loss(params, j, x, y, config.query_loss))
+    return torch.stack(terms).mean()
 
 
-def validation_specs(config: MetaTrainConfig, seed: int) -> list[ProblemSpec]:
-    """The held-out validation problems of a run (fixed by the seed).
+def tbptt_step(graph: StepGraph, outer: torch.optim.Optimizer, population: Population, config: MetaTrainConfig) -> float:
+    """Meta-train on one population by truncated backpropagation: an outer step per truncation.
+    Returns the mean meta-loss over the truncations."""
 
-    Stratified: problem ``i`` takes data source ``i mod |data|`` and stream kind
-    ``(i div |data|) mod |streams|``, so every source and kind is validated evenly (free draws
-    gave seed 0 sixteen problems without one digits problem); the rest is drawn from ``(seed, i)``.
-    """
-    family = config.validation_family
-    specs = []
-    for i in range(config.validation_problems):
-        spec = family.sample(np.random.default_rng([seed, VALIDATION_KEY, i]))
-        data = family.data[i % len(family.data)]
-        stream = family.streams[(i // len(family.data)) % len(family.streams)]
-        specs.append(replace(spec, data=data, stream=stream))
-    return specs
+    def outer_step(meta: torch.Tensor) -> None:
+        outer.zero_grad()
+        meta.backward()
+        nn.utils.clip_grad_norm_(graph.parameters(), config.clip)
+        outer.step()
+
+    return unroll(graph, population, config, outer_step)
 
 
-def validate(graph: StepGraph, specs: Sequence[ProblemSpec]) -> dict[str, float]:
-    """Mean ACC and BWT of ``graph`` over whole validation problems."""
-    mats = [run_problem(graph, s) for s in specs]
-    return {"acc": float(np.mean([average_accuracy(R) for R in mats])), "bwt": float(np.mean([backward_transfer(R) for R in mats]))}
+def es_step(graph: StepGraph, outer: torch.optim.Optimizer, population: Population, config: MetaTrainConfig,
+            rng: np.random.Generator) -> float:
+    """Meta-train on one population by antithetic ES on the whole-stream meta-loss (module docstring):
+    ``2 * es_directions`` whole runs without gradients, then one clipped outer step.
+    Returns the mean meta-loss of the perturbed runs."""
+    weights = list(graph.network.parameters())
+    phi = nn.utils.parameters_to_vector(weights).detach()
+    estimate = torch.zeros_like(phi)
+    values = []
+    with torch.no_grad():
+        for _ in range(config.es_directions):
+            direction = torch.from_numpy(rng.standard_normal(phi.numel()).astype(np.float32))
+            pair = []
+            for sign in (1.0, -1.0):
+                nn.utils.vector_to_parameters(phi + sign * config.es_sigma * direction, weights)
+                pair.append(unroll(graph, population, config))
+            estimate += (pair[0] - pair[1]) / (2.0 * config.es_sigma * config.es_directions) * direction
+            values += pair
+        nn.utils.vector_to_parameters(phi, weights)
+    outer.zero_grad()
+    for w, g in zip(weights, _split_like(estimate, weights)):
+        w.grad = g
+    nn.utils.clip_grad_norm_(weights, config.clip)
+    outer.step()
+    return float(np.mean(values))
 
 
-def gate_sweep(strengths: Sequence[float], config: MetaTrainConfig = MetaTrainConfig(), seed: int = 0) -> dict[float, dict[str, float]]:
-    """Validation ACC and BWT of importance-gated Adam (:meth:`TokenNetwork.init_importance_gate`)
-    at each strength, on the validation problems of a run with ``config`` and ``seed``: how
-    meta-training's starting strength (``gate_init``) is chosen, with no held-out data."""
-    specs = validation_specs(config, seed)
-    scores = {}
-    for strength in strengths:
-        graph = StepGraph(config.network)
-        graph.network.init_importance_gate(strength)
-        scores[float(strength)] = validate(graph.eval(), specs)
-    return scores
+def _split_like(vector: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``vector`` cut into pieces shaped like ``tensors`` (the inverse of ``parameters_to_vector``)."""
+    return [piece.reshape(t.shape) for piece, t in zip(vector.split([t.numel() for t in tensors]), tensors)]
 
 
 # -- checkpoints of a run --------------------------------------------------------------------------
@@ -269,6 +244,8 @@ class Progress:
     seed: int
     config: dict
     iteration: int = 0
+    #: Problems trained through so far (``population`` per iteration).
+    problems: int = 0
     best_acc: float = -1.0
     best_iteration: int = -1
     #: Validation of the zero-head network (exactly Adam) and of the starting network.
@@ -330,7 +307,7 @@ def meta_train(
     if config.gate_init:
         graph.network.init_importance_gate(config.gate_init)
     outer = torch.optim.Adam(graph.network.parameters(), lr=config.outer_lr)
-    specs = validation_specs(config, seed)
+    groups = config.validation_groups(seed)
     started = time.perf_counter()
     progress_path = out / "progress.json"
     if resume and progress_path.is_file():
@@ -343,21 +320,26 @@ def meta_train(
         _load_outer(outer, out / f"{progress.checkpoint}-outer")
     else:
         progress = Progress(seed=seed, config=json.loads(json.dumps(config.to_dict())))
-        progress.baseline = validate(StepGraph(config.network), specs)
-        progress.initial = validate(graph, specs)
+        progress.baseline = validate(StepGraph(config.network), groups)
+        progress.initial = validate(graph, groups)
         progress.best_acc = progress.initial["acc"]
     elapsed_before = progress.seconds
     while progress.iteration < config.iterations:
         if minutes is not None and (time.perf_counter() - started) / 60.0 >= minutes:
             break
         it = progress.iteration
-        spec = config.family.sample(np.random.default_rng([seed, it]))
+        draw = np.random.default_rng([seed, it])
+        population = Population(config.family.sample_population(draw, config.population))
         graph.train()
-        meta_loss = meta_step_problem(graph, outer, spec, config)
+        if config.estimator == "es":
+            meta_loss = es_step(graph, outer, population, config, draw)
+        else:
+            meta_loss = tbptt_step(graph, outer, population, config)
         progress.iteration += 1
-        record = {"iteration": progress.iteration, "meta_loss": meta_loss}
+        progress.problems += population.size
+        record = {"iteration": progress.iteration, "problems": progress.problems, "meta_loss": meta_loss}
         if progress.iteration % config.validate_every == 0 or progress.iteration == config.iterations:
-            scores = validate(graph.eval(), specs)
+            scores = validate(graph.eval(), groups)
             record.update(val_acc=scores["acc"], val_bwt=scores["bwt"])
             if scores["acc"] > progress.best_acc:
                 progress.best_acc, progress.best_iteration = scores["acc"], progress.iteration

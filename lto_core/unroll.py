@@ -20,44 +20,72 @@ from lto_runtime.state import StepCounters, hyper_row
 
 
 class WindowPacker:
-    """Packs tensors of fixed shapes into ``[B, W, C]`` windows and back, differentiably."""
+    """Packs ``copies`` stacked copies of tensors of fixed shapes into ``[B, W, C]`` windows and back, differentiably.
 
-    def __init__(self, shapes: Sequence[tuple[int, ...]], window: int, chunk: int) -> None:
-        self.layout = TokenLayout(tuple(tuple(s) for s in shapes), window, chunk)
-        self._padded = [int(n) * self.layout.window_elements for n in self.layout.window_counts]
+    Each tensor arrives as ``[copies, *shape]``; copy ``p`` of tensor ``i`` is laid out as its own
+    tensor (its own windows), tensor by tensor and copy by copy within a tensor. Padding every copy
+    to whole windows in one ``pad`` keeps packing one operation per tensor, whatever ``copies``.
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]], window: int, chunk: int, copies: int = 1) -> None:
+        self.shapes = [tuple(s) for s in shapes]
+        self.copies = copies
+        self.layout = TokenLayout(tuple(s for s in self.shapes for _ in range(copies)), window, chunk)
+        single = TokenLayout(tuple(self.shapes), window, chunk)
+        self._padded = [int(n) * single.window_elements for n in single.window_counts]
+        self._numels = list(single.numels)
         self.ctx = torch.from_numpy(self.layout.context())
-        self.mask = self.pack([torch.ones(s) for s in self.layout.shapes])
+        self.mask = self.pack([torch.ones(copies, *s) for s in self.shapes])
         self.window_counts = torch.from_numpy(self.layout.window_counts)
 
     def pack(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Flatten, zero-pad to whole windows and concatenate: ``-> [B, W, C]``."""
-        flat = [torch.nn.functional.pad(t.reshape(-1), (0, size - t.numel())) for t, size in zip(tensors, self._padded)]
+        """Flatten each copy, zero-pad it to whole windows and concatenate: ``-> [B, W, C]``."""
+        flat = [
+            torch.nn.functional.pad(t.reshape(self.copies, -1), (0, size - n)).reshape(-1)
+            for t, size, n in zip(tensors, self._padded, self._numels)
+        ]
         return torch.cat(flat).reshape(-1, self.layout.window, self.layout.chunk)
 
     def unpack(self, windows: torch.Tensor) -> list[torch.Tensor]:
-        """Inverse of :meth:`pack` (padding dropped)."""
-        pieces = windows.reshape(-1).split(self._padded)
-        return [p[:n].reshape(s) for p, n, s in zip(pieces, self.layout.numels, self.layout.shapes)]
+        """Inverse of :meth:`pack` (padding dropped): ``[copies, *shape]`` per tensor."""
+        pieces = windows.reshape(-1).split([self.copies * size for size in self._padded])
+        return [
+            p.reshape(self.copies, size)[:, :n].reshape(self.copies, *s)
+            for p, size, n, s in zip(pieces, self._padded, self._numels, self.shapes)
+        ]
 
 
 class UnrolledLTO:
-    """LTO over a list of tensors, all stepped together, with state kept as torch tensors.
+    """LTO over stacked tensors, all stepped together, with state kept as torch tensors.
+
+    Every tensor is ``[copies, *shape]``: ``copies`` independent problems of one shape (a
+    population, see :class:`lto_core.population.Population`), each copy stepped as its own tensor
+    with its own learning rate, exactly as if it were stepped alone.
 
     Args:
         graph: the step function (its network may require grad).
-        shapes: the parameter shapes.
-        lr, betas, eps, weight_decay: Adam's hyper-parameters.
+        shapes: the parameter shapes of one copy.
+        lr: the learning rate, one for all copies or one per copy.
+        betas: Adam's decay rates of the first and second moment.
+        eps: Adam's denominator term.
+        weight_decay: L2 weight decay, added to the gradient.
+        copies: the number of stacked copies.
     """
 
-    def __init__(self, graph: StepGraph, shapes: Sequence[tuple[int, ...]], lr: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(self, graph: StepGraph, shapes: Sequence[tuple[int, ...]], lr: float | Sequence[float],
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 copies: int = 1) -> None:
         self.graph = graph
         config = graph.config
-        self.packer = WindowPacker(shapes, config.window, config.chunk)
+        self.packer = WindowPacker(shapes, config.window, config.chunk, copies)
         windows = self.packer.layout.total_windows
         self.state = {name: torch.zeros(windows, config.window, config.chunk) for name in STATE_NAMES}
         self.state["coefficients"] = torch.zeros(windows, config.window, len(TOKEN_STATE_NAMES))
-        self.hyper = np.tile(hyper_row(lr, betas, eps, weight_decay), (len(self.packer.layout.shapes), 1))
+        rates = [float(lr)] * copies if np.isscalar(lr) else [float(r) for r in lr]
+        if len(rates) != copies:
+            raise ValueError(f"lr has {len(rates)} entries for {copies} copies; give one per copy or a single float")
+        rows = np.stack([hyper_row(r, betas, eps, weight_decay) for r in rates])
+        self.hyper = np.tile(rows, (len(self.packer.shapes), 1))
         self.counters = StepCounters(len(self.packer.layout.shapes), config.refresh_every)
         self._owner = self.packer.layout.window_tensor()
 

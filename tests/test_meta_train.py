@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from lto_core.checkpoint import load_checkpoint
-from lto_core.families import Family
-from lto_core.meta_train import MetaTrainConfig, gate_sweep, meta_train, soft_error, validate, validation_specs
+from lto_core.evaluation import gate_sweep, validate
+from lto_core.families import Family, shape_key
+from lto_core.meta_train import MetaTrainConfig, meta_train
+from lto_core.population import soft_error
 from lto_core.step import StepGraph
 from lto_export.cli import main
 
@@ -23,7 +26,9 @@ def _config(**overrides) -> MetaTrainConfig:
         "iterations": 4,
         "family": TINY_FAMILY,
         "validation_family": {**TINY_FAMILY, "steps_per_task": [15, 15]},
+        "population": 2,
         "validation_problems": 1,
+        "validation_population": 2,
         "validate_every": 2,
         "truncation": 6,
         "query_every": 3,
@@ -51,8 +56,9 @@ def test_same_seed_same_network_and_the_network_moves(tmp_path):
     assert any(not torch.equal(v, a[k]) for k, v in start.state_dict().items())
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
-    config = _config()
+@pytest.mark.parametrize("estimator", ["tbptt", "es"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, estimator):
+    config = _config(estimator=estimator, es_directions=1)
     meta_train(tmp_path / "whole", config, seed=1)
 
     class Interrupt(Exception):
@@ -118,6 +124,8 @@ def test_error_objective_trains_and_differs_from_cross_entropy(tmp_path):
     [
         ({"query_loss": "mse"}, r"query_loss 'mse' is not one of \['ce', 'error'\]"),
         ({"iteratons": 3}, r"unknown meta-training config keys \['iteratons'\]"),
+        ({"estimator": "pes"}, r"estimator 'pes' is not one of \['tbptt', 'es'\]"),
+        ({"population": 0}, r"population must be at least 1, got 0"),
     ],
 )
 def test_bad_config_is_named(doc, message):
@@ -142,8 +150,8 @@ def test_cli_meta_train_writes_a_run_and_reports(tmp_path):
 
 def test_gate_sweep_zero_is_adam_and_the_cli_names_the_best(tmp_path):
     config = _config()
-    scores = gate_sweep([0.0, 4.0], config, seed=0)
-    adam = validate(StepGraph(config.network), validation_specs(config, 0))  # zero head: exactly Adam
+    scores = gate_sweep([0.0, 4.0], config.network, config.validation_groups(0))
+    adam = validate(StepGraph(config.network), config.validation_groups(0))  # zero head: exactly Adam
     assert scores[0.0] == adam and scores[4.0] != adam
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(config.to_dict()))
@@ -155,13 +163,47 @@ def test_gate_sweep_zero_is_adam_and_the_cli_names_the_best(tmp_path):
     assert bad.exit_code == 2 and "comma-separated list of numbers" in bad.output
 
 
+def test_gate_sweep_over_seeds_shows_the_validation_noise(tmp_path):
+    config = _config()
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(config.to_dict()))
+    result = CliRunner().invoke(main, ["gate-sweep", "--strengths", "2", "--config", str(path), "--seeds", "0,1"])
+    assert result.exit_code == 0, result.output
+    accs = [gate_sweep([2.0], config.network, config.validation_groups(seed))[2.0]["acc"] for seed in (0, 1)]
+    assert accs[0] != accs[1]  # other validation problems, other score: the noise the column shows
+    row = next(line for line in result.output.splitlines() if line.strip().startswith("2 "))
+    assert row.split()[1:3] == [f"{np.mean(accs):.4f}", f"{np.std(accs):.4f}"]
+
+
 def test_validation_problems_cover_every_source_and_stream_kind():
     config = MetaTrainConfig()
-    specs = validation_specs(config, seed=0)
-    assert len(specs) == config.validation_problems == 8
-    assert {s.data for s in specs} == set(config.validation_family.data)
-    assert {s.stream for s in specs} == set(config.validation_family.streams)
-    assert specs == validation_specs(config, seed=0) and specs != validation_specs(config, seed=1)
+    groups = config.validation_groups(seed=0)
+    assert len(groups) == config.validation_problems == 8
+    assert all(len(g) == config.validation_population and len({shape_key(s) for s in g}) == 1 for g in groups)
+    assert len({s.seed for g in groups for s in g}) == 8 * config.validation_population
+    assert {g[0].data for g in groups} == set(config.validation_family.data)
+    assert {g[0].stream for g in groups} == set(config.validation_family.streams)
+    assert groups == config.validation_groups(seed=0) and groups != config.validation_groups(seed=1)
+
+
+def test_validation_draws_a_source_and_a_stream_kind_training_never_draws():
+    config = MetaTrainConfig()
+    assert not set(config.validation_family.data) & set(config.family.data)
+    assert set(config.validation_family.streams) - set(config.family.streams)
+
+
+def test_es_step_is_deterministic_and_moves_the_network(tmp_path):
+    config = _config(iterations=1, estimator="es", es_directions=2, outer_lr=1e-2)
+    first = meta_train(tmp_path / "a", config, seed=4)
+    second = meta_train(tmp_path / "b", config, seed=4)
+    a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.history[0]["meta_loss"] == second.history[0]["meta_loss"]
+    assert first.problems == config.population
+    torch.manual_seed(4)
+    start = StepGraph(config.network)
+    start.network.init_importance_gate(config.gate_init)
+    assert any(not torch.equal(v, a[k]) for k, v in start.state_dict().items())
 
 
 def test_meta_gradient_through_the_network_is_finite():

@@ -1,0 +1,85 @@
+"""Evaluating a step function on whole continual-learning problems, without meta-gradients.
+
+Meta-training keeps the network that scores best here (:func:`validate`), and the starting gate
+strength is chosen here (:func:`gate_sweep`). "Validation" in this module means ACC on held-out
+problems; the ONNX parity check is :mod:`lto_export.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from lto_core.families import Family, ProblemSpec
+from lto_core.metrics import average_accuracy, backward_transfer
+from lto_core.network import NetworkConfig
+from lto_core.population import Population
+from lto_core.step import StepGraph
+from lto_core.unroll import UnrolledLTO
+
+#: Seed offset of validation problems, far from the training iterations' keys.
+VALIDATION_KEY = 1_000_003
+
+
+def start_population(graph: StepGraph, population: Population) -> tuple[list[torch.Tensor], UnrolledLTO, list[np.random.Generator]]:
+    """Fresh parameters (copies of the initial ones), an :class:`UnrolledLTO` over them and each
+    problem's batch generator (from its seed)."""
+    params = [p.clone() for p in population.initial]
+    opt = UnrolledLTO(graph, [tuple(p.shape[1:]) for p in params], lr=population.lrs, copies=population.size)
+    return params, opt, [np.random.default_rng(s.seed) for s in population.specs]
+
+
+def run_population(graph: StepGraph, specs: Sequence[ProblemSpec]) -> list[np.ndarray]:
+    """Train fresh models through the streams of ``specs`` (one shape) with ``graph``; return each
+    problem's accuracy matrix ``R`` (``R[i, j]``: accuracy on task ``j`` after task ``i``)."""
+    population = Population(specs)
+    params, opt, rngs = start_population(graph, population)
+    tasks = population.tasks
+    R = np.zeros((population.size, tasks, tasks))
+    with torch.no_grad():
+        for i in range(tasks):
+            if i:
+                opt.task_boundary()
+            for _ in range(population.steps_per_task):
+                x, y = population.batch(i, rngs, population.specs[0].batch_size)
+                params = opt.step(params, population.grads(params, i, x, y))
+            R[:, i] = np.stack([population.accuracies(params, j) for j in range(tasks)], axis=1)
+    return list(R)
+
+
+def validation_groups(family: Family, groups: int, size: int, seed: int) -> list[list[ProblemSpec]]:
+    """The held-out validation problems of a run (fixed by the seed): ``groups`` populations of
+    ``size`` problems of one shape each.
+
+    Stratified: group ``i`` takes data source ``i mod |data|`` and stream kind
+    ``(i div |data|) mod |streams|``, so every source and kind is validated evenly; the rest is
+    drawn from ``(seed, i)``.
+    """
+    out = []
+    for i in range(groups):
+        specs = family.sample_population(np.random.default_rng([seed, VALIDATION_KEY, i]), size)
+        data = family.data[i % len(family.data)]
+        stream = family.streams[(i // len(family.data)) % len(family.streams)]
+        out.append([replace(s, data=data, stream=stream) for s in specs])
+    return out
+
+
+def validate(graph: StepGraph, groups: Sequence[Sequence[ProblemSpec]]) -> dict[str, float]:
+    """Mean ACC and BWT of ``graph`` over the validation problems, each problem counting once."""
+    mats = [R for specs in groups for R in run_population(graph, specs)]
+    return {"acc": float(np.mean([average_accuracy(R) for R in mats])), "bwt": float(np.mean([backward_transfer(R) for R in mats]))}
+
+
+def gate_sweep(strengths: Sequence[float], network: NetworkConfig, groups: Sequence[Sequence[ProblemSpec]]) -> dict[float, dict[str, float]]:
+    """Validation ACC and BWT of importance-gated Adam (:meth:`TokenNetwork.init_importance_gate`)
+    at each strength: how meta-training's starting strength (``gate_init``) is chosen, with no
+    held-out data."""
+    scores = {}
+    for strength in strengths:
+        graph = StepGraph(network)
+        graph.network.init_importance_gate(strength)
+        scores[float(strength)] = validate(graph.eval(), groups)
+    return scores

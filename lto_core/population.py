@@ -1,0 +1,140 @@
+"""A population of same-shaped continual-learning problems, trained together.
+
+Problems that share a shape (data source, stream kind, scenario, architecture and sizes, number and
+length of tasks, batch size; see :meth:`lto_core.families.Family.sample_population`) but have their
+own seeds (stream, initial weights, batches) and learning rates are stacked: each parameter is one
+tensor ``[P, *shape]``, the model's forward runs once for all ``P`` problems
+(``torch.func.vmap`` of ``functional_call``), and the optimizer steps each copy as its own tensor
+(:class:`lto_core.unroll.UnrolledLTO` with ``copies=P``). The problems stay independent: problem
+``p``'s parameters, gradients and accuracies are exactly those it would have alone; only the
+Python and dispatch overhead of a step, which dominates for the small models meta-training uses,
+is paid once for all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lto_core.families import ProblemSpec, build_problem, shape_key
+
+
+def soft_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``mean(1 - softmax(logits)_y)``: the error rate of a prediction sampled from the softmax.
+
+    Bounded in ``[0, 1]`` like the accuracy that ACC averages, so a forgotten task costs at most
+    its lost accuracy; cross-entropy grows without bound as an old task's logits drift.
+    """
+    return 1.0 - logits.softmax(dim=-1).gather(1, y[:, None]).mean()
+
+
+#: Query losses by config name (``MetaTrainConfig.query_loss``).
+QUERY_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "ce": nn.functional.cross_entropy,
+    "error": soft_error,
+}
+
+
+class Population:
+    """``P`` problems of one shape: stacked initial parameters, batches, losses and accuracies.
+
+    Args:
+        specs: the problems; all must have the same :func:`~lto_core.families.shape_key`.
+
+    Raises:
+        ValueError: no specs, or specs of different shapes.
+    """
+
+    def __init__(self, specs: Sequence[ProblemSpec]) -> None:
+        if not specs:
+            raise ValueError("a population needs at least one problem spec")
+        keys = {shape_key(s) for s in specs}
+        if len(keys) != 1:
+            raise ValueError(f"a population's problems must share one shape; got {len(keys)} shapes: {sorted(map(str, keys))}")
+        self.specs = list(specs)
+        built = [build_problem(s) for s in specs]
+        self.streams = [stream for stream, _ in built]
+        self.model = built[0][1]
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.initial = [torch.stack([dict(m.named_parameters())[n].detach() for _, m in built]) for n in self.names]
+        # Additive logit masks [P, K] per task: 0 on the task's classes, -1e9 elsewhere (task-incremental).
+        self._masks = [self._task_mask(t) for t in range(self.tasks)]
+        self._forward = torch.func.vmap(self._one_forward)
+
+    @property
+    def size(self) -> int:
+        """``P``, the number of problems."""
+        return len(self.specs)
+
+    @property
+    def tasks(self) -> int:
+        """Tasks per stream."""
+        return self.specs[0].tasks
+
+    @property
+    def steps_per_task(self) -> int:
+        """Training steps per task."""
+        return self.specs[0].steps_per_task
+
+    @property
+    def lrs(self) -> list[float]:
+        """Each problem's learning rate."""
+        return [s.lr for s in self.specs]
+
+    def _task_mask(self, task: int) -> torch.Tensor:
+        outputs = self.streams[0].num_outputs
+        mask = torch.zeros(self.size, outputs)
+        for p, stream in enumerate(self.streams):
+            classes = stream.tasks[task].classes
+            if classes is not None:
+                mask[p] = -1e9
+                mask[p, list(classes)] = 0.0
+        return mask
+
+    def _one_forward(self, params: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,))
+
+    def batch(self, task: int, rngs: Sequence[np.random.Generator], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch of ``size`` examples of ``task`` per problem, each drawn with its own
+        generator: ``x [P, size, ...]``, ``y [P, size]``."""
+        xs, ys = [], []
+        for stream, rng in zip(self.streams, rngs):
+            t = stream.tasks[task]
+            index = rng.integers(0, len(t.x_train), size)
+            xs.append(t.x_train[index])
+            ys.append(t.y_train[index])
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+    def loss(self, params: Sequence[torch.Tensor], task: int, x: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+        """Mean over problems of each problem's ``QUERY_LOSSES[kind]`` on its batch of ``task``.
+
+        Every problem's batch has the same size, so the loss over all ``P * N`` examples is that mean.
+        """
+        # vmap has no batching rule for CPU flash attention (the transformer) and would loop over the
+        # problems; attention written as plain matrix products batches like everything else.
+        with sdpa_kernel(SDPBackend.MATH):
+            logits = self._forward(tuple(params), x)
+        logits = logits + self._masks[task][:, None, :]
+        return QUERY_LOSSES[kind](logits.flatten(0, 1), y.flatten())
+
+    def grads(self, params: Sequence[torch.Tensor], task: int, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Each problem's gradient of its own mean cross-entropy (constants for the meta-gradient):
+        the gradient of ``P`` times :meth:`loss`, the sum of the problems' losses."""
+        with torch.enable_grad():
+            leaves = [p.detach().requires_grad_() for p in params]
+            total = self.loss(leaves, task, x, y) * self.size
+            return list(torch.autograd.grad(total, leaves))
+
+    @torch.no_grad()
+    def accuracies(self, params: Sequence[torch.Tensor], task: int) -> np.ndarray:
+        """Test accuracy of each problem on ``task``, ``[P]`` (test sets differ in size, so one problem at a time)."""
+        out = np.zeros(self.size)
+        for p, stream in enumerate(self.streams):
+            t = stream.tasks[task]
+            logits = self._one_forward(tuple(q[p] for q in params), torch.from_numpy(t.x_test)) + self._masks[task][p]
+            out[p] = float((logits.argmax(-1).numpy() == t.y_test).mean())
+        return out
