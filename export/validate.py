@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lto_adapters.torch import step_tensors
 from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_checkpoint
 from lto_core.continual import task_loss
 from lto_core.data import load_digits
 from lto_core.executor import TorchStepFunction
 from lto_core.models import make_model
 from lto_core.streams import make_stream
+from lto_runtime._torch_engine import step_tensors
 from lto_runtime.engine import StepEngine
 from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES
+from lto_runtime.session import OptimizerSession
 from lto_runtime.state import hyper_row
-from lto_runtime.model import OptimizerSession
 from lto_export.onnx_export import example_inputs
 
 #: Largest :func:`output_difference` between the file and the PyTorch step that passes.

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from helpers import digits_batches, digits_mlp, flat_params, outputs_like, train
 from lto_adapters.numpy import LTO as NumpyLTO
 from lto_adapters.torch import LTO as TorchLTO
-from lto_adapters.torch import TorchBuffers
 from lto_core.checkpoint import load_checkpoint
 from lto_export.cli import main
 from lto_export.onnx_export import example_inputs
 from lto_runtime import STATE_NAMES, OptimizerSession, StepEngine, cuda_status, hyper_row, resolve_providers
+from lto_runtime._torch_engine import TorchBuffers
 from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES
 
 
