@@ -6,7 +6,7 @@ default) computes the step with onnxruntime from an optimizer file; ``backend="t
 the same function with the PyTorch :class:`~lto_core.StepGraph` of a checkpoint.
 
 Where the state lives: with ``backend="torch"``, in torch tensors on the parameters' device
-(:class:`TorchBuffers`), stepped by the compiled step graph; with ``backend="onnx"``, in host
+(``lto_runtime``'s torch buffers), stepped by the compiled step graph; with ``backend="onnx"``, in host
 memory, except when every parameter is on one CUDA device and the onnx session runs there
 (``providers="auto"`` with ``onnxruntime-gpu``): then the engine's buffers and state are CUDA
 tensors bound to onnxruntime by address, and no gradient, parameter or state crosses to the host
@@ -16,7 +16,6 @@ during a step. ``opt.state[p]`` reads a parameter's state from the engine, as te
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Iterator, MutableMapping
 from typing import Any, Callable, Iterable, Sequence
@@ -25,129 +24,20 @@ import numpy as np
 import torch
 
 from lto_runtime import MAX_BATCH_WINDOWS, OptimizerSession, StepEngine, StepFunction, hyper_row
+from lto_runtime._torch_engine import build_engine, local_shard, step_tensors
+from lto_runtime.state import check_state_dict_keys
 
 #: Execution strategies of the step: onnxruntime running an optimizer file, or the PyTorch step graph.
 BACKENDS = ("onnx", "torch")
 
 
-def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A float32 CPU NumPy view of ``tensor`` (a copy only when dtype or device differ)."""
-    tensor = tensor.detach()
-    if tensor.dtype != torch.float32:
-        tensor = tensor.float()
-    return tensor.cpu().numpy()
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The part of ``tensor`` this process holds and steps: a DTensor's local shard (FSDP2's
-    sharded parameters and their gradients; it shares the DTensor's storage), else ``tensor``."""
-    dtensor = sys.modules.get("torch.distributed.tensor")  # imported by whoever made a DTensor
-    if dtensor is not None and isinstance(tensor, dtensor.DTensor):
-        return tensor.to_local()
-    return tensor
-
-
 def _shard_like(state: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """``state`` (shaped like ``param``'s local shard) as a DTensor laid out like ``param``, so
     ``torch.distributed.checkpoint`` saves it sharded; ``state`` itself for plain parameters."""
-    local = _local(param)
+    local = local_shard(param)
     if local is param or state.shape != local.shape:
         return state.to(local.device)
     return type(param).from_local(state.to(local.device), param.device_mesh, param.placements, shape=param.shape, stride=param.stride())
-
-
-class TorchBuffers:
-    """:class:`~lto_runtime.Buffers` as float32 torch tensors on ``device``: a device-resident engine.
-
-    onnxruntime reads and writes these tensors in place through their ``data_ptr()``.
-    """
-
-    def __init__(self, device: torch.device | str) -> None:
-        self.device = torch.device(device)
-
-    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """A new zero-filled float32 tensor on the device."""
-        return torch.zeros(shape, dtype=torch.float32, device=self.device)
-
-    def upload(self, host: np.ndarray) -> torch.Tensor:
-        """``host`` as a contiguous float32 tensor on the device."""
-        return torch.from_numpy(np.ascontiguousarray(host, dtype=np.float32)).to(self.device)
-
-    def download(self, array: torch.Tensor) -> np.ndarray:
-        """``array`` copied to a host NumPy array."""
-        return array.detach().cpu().numpy()
-
-    def nonfinite(self, arrays: Sequence[torch.Tensor | None]) -> list[int]:
-        """Indices of the tensors (``None`` skipped) holding NaN or Inf; one device-to-host read of flags
-        (more only for a tensor whose sum is not finite)."""
-        present = [(i, a) for i, a in enumerate(arrays) if a is not None]
-        if not present:
-            return []
-        # A finite sum proves every element finite in one read-only pass (as HostBuffers.nonfinite).
-        finite = torch.stack([a.sum().isfinite() for _, a in present]).tolist()
-        return [i for (i, a), ok in zip(present, finite) if not ok and not bool(torch.isfinite(a).all())]
-
-    def synchronize(self) -> None:
-        """Wait for torch's CUDA stream: onnxruntime reads the buffers on a stream of its own."""
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
-
-
-def resident_device(step_function: StepFunction, params: Sequence[torch.Tensor]) -> torch.device | None:
-    """The device to keep the engine's buffers and state on, or ``None`` for host NumPy memory.
-
-    The parameters' device when they share one and the step runs there: always for the PyTorch
-    step (``backend="torch"``), and on CUDA for an onnxruntime session on CUDA. Otherwise gradients
-    and parameters are read through host NumPy views.
-    """
-    devices = {p.device for p in params}
-    if len(devices) != 1:
-        return None
-    device = next(iter(devices))
-    if not isinstance(step_function, OptimizerSession):
-        return device
-    return device if device.type == "cuda" and "CUDAExecutionProvider" in step_function.providers else None
-
-
-def build_engine(step_function: StepFunction, params: Sequence[torch.Tensor], *, max_batch_windows: int) -> StepEngine:
-    """A :class:`~lto_runtime.StepEngine` for ``params``, on their device when
-    :func:`resident_device` allows it, else in host memory."""
-    device = resident_device(step_function, params)
-    shapes = [tuple(_local(p).shape) for p in params]
-    if device is None:
-        return StepEngine(step_function, shapes, max_batch_windows=max_batch_windows)
-    if isinstance(step_function, OptimizerSession):
-        step_function = step_function.on_device("cuda", device.index or 0)
-    return StepEngine(step_function, shapes, max_batch_windows=max_batch_windows, buffers=TorchBuffers(device))
-
-
-@torch.no_grad()
-def step_tensors(engine: StepEngine, grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor], hyper: np.ndarray) -> list[int]:
-    """One engine step over torch tensors, adding the updates to ``params`` in place.
-
-    With host buffers the engine reads float32 NumPy views of the tensors (copies only for other
-    dtypes or devices); with :class:`TorchBuffers` it reads the tensors themselves.
-
-    Returns:
-        Indices of tensors whose gradient (or stepped parameter) holds NaN or Inf; nothing changed then.
-    """
-    view = (lambda t: t.detach()) if isinstance(engine.buffers, TorchBuffers) else _as_numpy
-    grads = [None if g is None else _local(g) for g in grads]
-    params = [_local(p) for p in params]
-    pending: dict[int, torch.Tensor] = {}
-
-    def apply(index: int, start: int, stop: int, update) -> None:
-        param = params[index]
-        values = torch.as_tensor(update, device=param.device)
-        if param.is_contiguous():
-            param.view(-1)[start:stop].add_(values)
-        else:
-            pending.setdefault(index, torch.zeros(param.numel(), device=param.device))[start:stop] = values
-
-    bad = engine.step([None if g is None else view(g) for g in grads], [view(p) for p in params], hyper, apply)
-    for index, update in pending.items():
-        params[index].add_(update.view(params[index].shape))
-    return bad
 
 
 def _make_step_function(backend: str, onnx_path, checkpoint, providers, threads: int | None) -> StepFunction:
@@ -217,13 +107,35 @@ def _local_state(state: Any) -> Any:
     """``state`` with DTensor values replaced by their local shards (what the engine holds)."""
     if not isinstance(state, dict):
         return state
-    return {k: _local(v) if torch.is_tensor(v) else v for k, v in state.items()}
+    return {k: local_shard(v) if torch.is_tensor(v) else v for k, v in state.items()}
 
 
 def _fresh_state(engine: StepEngine, index: int) -> dict[str, Any]:
     """The state of a tensor that was never stepped."""
     state = engine.tensor_state(index)
     return {k: np.zeros_like(v) if isinstance(v, np.ndarray) else type(v)(0) for k, v in state.items()}
+
+
+def _group_row(group: dict[str, Any], where: str) -> np.ndarray:
+    """``group``'s hyper-parameters, validated, as one row of :data:`~lto_runtime.HYPER_NAMES`;
+    errors name ``where``."""
+    try:
+        return hyper_row(group.get("lr"), group.get("betas"), group.get("eps"), group.get("weight_decay"))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{where}: {err}") from None
+
+
+def _group_key(group: dict[str, Any]) -> tuple | None:
+    """What a group's row of hyper-parameters depends on, when it can be kept between steps.
+
+    ``(parameter count, lr, betas, eps, weight_decay)`` when they are plain Python numbers (and
+    ``betas`` a tuple of them), which nothing can change in place; ``None`` otherwise (a tensor
+    ``lr`` can), so such a group is read and validated on every step.
+    """
+    lr, betas, eps, weight_decay = (group.get(k) for k in ("lr", "betas", "eps", "weight_decay"))
+    if not isinstance(betas, tuple) or not all(type(v) in (int, float) for v in (lr, eps, weight_decay, *betas)):
+        return None
+    return (len(group["params"]), lr, betas, eps, weight_decay)
 
 
 class LTO(torch.optim.Optimizer):
@@ -279,6 +191,9 @@ class LTO(torch.optim.Optimizer):
             raise ValueError(f"Invalid max_batch_windows: {max_batch_windows!r}; must be an int >= 1")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         self._engine: StepEngine | None = None
+        # The per-parameter rows of hyper-parameters of the last step, and what they were built from.
+        self._hyper: np.ndarray | None = None
+        self._hyper_keys: list[tuple | None] = []
         super().__init__(params, defaults)
         self.backend = backend
         self.max_batch_windows = max_batch_windows
@@ -317,8 +232,7 @@ class LTO(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (as ``torch.optim``); existing parameters keep their state."""
-        merged = {**self.defaults, **param_group}
-        hyper_row(merged["lr"], merged["betas"], merged["eps"], merged["weight_decay"])
+        _group_row({**self.defaults, **param_group}, f"param_groups[{len(self.param_groups)}]")
         super().add_param_group(param_group)
         if self._engine is not None:
             self._sync_engine()
@@ -346,12 +260,26 @@ class LTO(torch.optim.Optimizer):
         engine = self._sync_engine()
         params = self._engine_params
         grads = self._gradients(params)
-        rows = [hyper_row(group["lr"], group["betas"], group["eps"], group["weight_decay"]) for group in self.param_groups]
-        hyper = np.repeat(np.stack(rows), [len(group["params"]) for group in self.param_groups], axis=0)
-        bad = step_tensors(engine, grads, params, hyper)
+        bad = step_tensors(engine, grads, params, self._gather_hyper())
         if bad:
             names = ", ".join(self._tensor_name(i) for i in bad)
             warnings.warn(f"LTO: non-finite gradient or parameter in {names}; step skipped, parameters and state unchanged", RuntimeWarning, stacklevel=3)
+
+    def _gather_hyper(self) -> np.ndarray:
+        """Each parameter's row of :data:`~lto_runtime.HYPER_NAMES`, in engine order, gathered per
+        group (as ``torch.optim``'s ``_init_group`` gathers a group's settings).
+
+        Values are validated where they enter (constructor, :meth:`add_param_group`,
+        :meth:`load_state_dict`); one written into ``param_groups`` directly (an LR scheduler
+        setting ``group["lr"]``) is validated on the first step that sees it, before anything is
+        written. The rows are rebuilt only when a group's values changed (see :func:`_group_key`).
+        """
+        keys = [_group_key(group) for group in self.param_groups]
+        if self._hyper is None or None in keys or keys != self._hyper_keys:
+            rows = [_group_row(group, f"param_groups[{g}]") for g, group in enumerate(self.param_groups)]
+            self._hyper = np.repeat(np.stack(rows), [len(group["params"]) for group in self.param_groups], axis=0)
+            self._hyper_keys = keys
+        return self._hyper
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Take one optimizer step; ``closure`` (optional) re-evaluates the model and returns the loss."""
@@ -385,19 +313,14 @@ class LTO(torch.optim.Optimizer):
         Everything is checked first, so a malformed or foreign ``state_dict`` raises an error that
         names the entry and changes nothing: not the parameters, the state, nor a hyper-parameter.
         """
-        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
-            keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
-            raise ValueError(f"state_dict must be a dict with keys 'state' and 'param_groups' (from LTO.state_dict()), got {keys}")
+        check_state_dict_keys(state_dict, ("state", "param_groups"))
         groups, saved = state_dict["param_groups"], state_dict["state"]
         if not isinstance(groups, list) or len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups) if isinstance(groups, list) else groups!r} param groups, this optimizer has {len(self.param_groups)}")
         for g, (group, mine) in enumerate(zip(groups, self.param_groups)):
             if not isinstance(group, dict) or not isinstance(group.get("params"), (list, tuple)) or len(group["params"]) != len(mine["params"]):
                 raise ValueError(f"state_dict param_groups[{g}] does not match this optimizer's group {g} (its 'params' must list {len(mine['params'])} indices)")
-            try:
-                hyper_row(group.get("lr"), group.get("betas"), group.get("eps"), group.get("weight_decay"))
-            except (TypeError, ValueError) as err:
-                raise type(err)(f"state_dict param_groups[{g}]: {err}") from None
+            _group_row(group, f"state_dict param_groups[{g}]")
         params = self._param_list()
         if not isinstance(saved, dict) or any(not isinstance(k, int) or not 0 <= k < len(params) for k in saved):
             raise ValueError(f"state_dict['state'] must map parameter indices 0..{len(params) - 1} to state, got keys {list(saved) if isinstance(saved, dict) else saved!r}")

@@ -162,6 +162,19 @@ def check_tensor_state(state: Any, shape: tuple[int, ...], tokens: int, where: s
     return out
 
 
+def check_state_dict_keys(state_dict: Any, keys: tuple[str, ...]) -> None:
+    """Check that a front end's ``state_dict`` is a dict with exactly ``keys`` (what its
+    ``state_dict()`` returns), before any entry is read.
+
+    Raises:
+        ValueError: naming the keys expected and those found.
+    """
+    if not isinstance(state_dict, Mapping) or set(state_dict) != set(keys):
+        found = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+        expected = " and ".join(repr(k) for k in keys)
+        raise ValueError(f"state_dict must be a dict with keys {expected} (from LTO.state_dict()), got {found}")
+
+
 def _host_array(value: Any, where: str) -> np.ndarray:
     """``value`` as a float32 NumPy array: a NumPy array, or a tensor (through ``numpy()``)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
