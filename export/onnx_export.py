@@ -14,7 +14,7 @@ from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256, load_chec
 from lto_core.step import StepGraph
 from lto_runtime import __version__
 from lto_runtime.format import CTX_NAMES, FORMAT, INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
-from lto_runtime.model import default_model_path, read_optimizer_file
+from lto_runtime.optimizer_file import default_model_path, read_optimizer_file
 
 #: Opset of exported files.
 OPSET = 18
@@ -133,8 +133,10 @@ def initial_checkpoint(gate_init: float, path: str | Path | None = None) -> Path
     ``adam_dir * 2 / (1 + (1 + Omega)^gate_init)`` (:meth:`TokenNetwork.init_importance_gate`).
     ``path`` defaults to a file in a new temporary folder.
     """
-    torch.manual_seed(0)
-    graph = StepGraph()
+    # Seeded on a fork of the CPU generator: the same network every time, the caller's stream untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(0)
+        graph = StepGraph()
     if gate_init:
         graph.network.init_importance_gate(gate_init)
         note = f"importance-gated Adam, gate_init={gate_init:g}: exactly Adam until a task boundary"

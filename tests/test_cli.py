@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -92,3 +94,10 @@ def test_every_verb_has_help():
     for verb in main.commands:
         result = runner.invoke(main, [verb, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_importing_the_cli_does_not_import_torch():
+    """``lto --help`` and ``lto inspect`` need neither torch nor the exporter: the verbs that do import them."""
+    code = "import sys, lto_export.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
