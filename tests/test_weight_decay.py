@@ -54,3 +54,29 @@ def test_torch_numpy_and_keras_take_the_same_step_with_weight_decay(random_head_
             plain_opt.task_boundary()
         plain_opt.step(dict(zip(SHAPES, step_grads)))
     assert not np.allclose(plain["w"], arrays["w"], rtol=0, atol=1e-4)
+
+
+def test_keras_exclude_from_weight_decay_matches_a_torch_group_without_it(random_head_files):
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("Keras runs on the torch backend in these tests")
+    from lto_adapters.keras import LTO as KerasLTO
+
+    _, onnx_path = random_head_files
+    rng = np.random.default_rng(1)
+    start = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+    tensors = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in start.items()}
+    groups = [{"params": [tensors["w"]]}, {"params": [tensors["b"]], "weight_decay": 0.0}]
+    torch_opt = TorchLTO(groups, **HYPER, onnx_path=onnx_path)
+    variables = [keras.Variable(v.copy(), name=k) for k, v in start.items()]
+    keras_opt = KerasLTO(learning_rate=HYPER["lr"], weight_decay=HYPER["weight_decay"], onnx_path=onnx_path)
+    keras_opt.exclude_from_weight_decay(var_names=["b"])
+    keras_opt.build(variables)
+    for _ in range(3):
+        grads = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+        for k, p in tensors.items():
+            p.grad = torch.from_numpy(grads[k].copy())
+        torch_opt.step()
+        keras_opt.apply([keras.ops.convert_to_tensor(grads[k]) for k in SHAPES], variables)
+    for k, v in zip(SHAPES, variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), tensors[k].detach().numpy())
