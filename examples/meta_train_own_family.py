@@ -8,8 +8,8 @@ yours. The script writes it, describes the family, meta-trains the update networ
 drawn from it (keeping the checkpoint that validates best on held-out problems), and compares
 the result with Adam on a fresh problem from the same family.
 
-    python examples/meta_train_own_family.py --out-dir my_run            # 60 meta-iterations
-    python examples/meta_train_own_family.py --out-dir my_run --quick    # 2 meta-iterations (CI)
+    python examples/meta_train_own_family.py --out-dir my_run            # 60 meta-iterations of 8 problems
+    python examples/meta_train_own_family.py --out-dir my_run --quick    # 2 meta-iterations of 2 problems (CI)
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def my_family(data: str, quick: bool) -> tuple[Family, Family]:
         streams=("split", "permuted"),
         scenarios=("task", "domain"),
         archs=("mlp",),
+        widths=(32, 64),
+        depths=(1, 2),
         tasks=(2, 3),
         steps_per_task=(10, 10) if quick else (30, 60),
         lr=(1e-3, 3e-3),
@@ -56,6 +58,8 @@ def my_family(data: str, quick: bool) -> tuple[Family, Family]:
         streams=("split", "permuted"),
         scenarios=("task", "domain"),
         archs=("mlp",),
+        widths=(32, 64),
+        depths=(1, 2),
         tasks=(3, 3),
         steps_per_task=(10, 10) if quick else (100, 100),
         lr=(1e-3, 1e-3),
@@ -68,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 meta-iterations on tiny problems (for CI)")
     parser.add_argument("--out-dir", type=Path, default=None, help="run directory (default: a temporary folder)")
-    parser.add_argument("--iterations", type=int, default=60, help="meta-training iterations (problems)")
+    parser.add_argument("--iterations", type=int, default=60, help="meta-training iterations (populations of problems)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the inner models are tiny: more threads only add overhead (as `lto meta-train --threads 1`)
@@ -82,16 +86,19 @@ def main() -> None:
         config = MetaTrainConfig(
             iterations=2 if args.quick else args.iterations,
             family=family,
+            population=2 if args.quick else 8,  # problems of one shape trained together per iteration
             validation_family=validation,
             validation_problems=1 if args.quick else 3,
+            validation_population=1 if args.quick else 4,
             validate_every=2 if args.quick else 10,
             truncation=10,
         )
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))  # for `lto meta-train --config`
         progress = meta_train(out / "run", config, seed=args.seed)
         # --8<-- [end:train]
-        print(f"meta-trained {progress.iteration} iterations in {progress.seconds:.0f} s")
-        print(f"validation on {config.validation_problems} held-out problem(s), mean ACC / BWT:")
+        print(f"meta-trained {progress.iteration} iterations ({progress.problems} problems) in {progress.seconds:.0f} s")
+        count = config.validation_problems * config.validation_population
+        print(f"validation on {count} held-out problem(s), mean ACC / BWT:")
         print(f"  Adam                  {progress.baseline['acc']:.3f} {progress.baseline['bwt']:+.3f}")
         if progress.initial:
             print(f"  starting network      {progress.initial['acc']:.3f} {progress.initial['bwt']:+.3f}")

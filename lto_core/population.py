@@ -63,6 +63,8 @@ class Population:
         self.initial = [torch.stack([dict(m.named_parameters())[n].detach() for _, m in built]) for n in self.names]
         # Additive logit masks [P, K] per task: 0 on the task's classes, -1e9 elsewhere (task-incremental).
         self._masks = [self._task_mask(t) for t in range(self.tasks)]
+        # Each task's training sets of all problems end to end, so a batch is one gather, not P.
+        self._train = [self._concatenated(t) for t in range(self.tasks)]
         self._forward = torch.func.vmap(self._one_forward)
 
     @property
@@ -98,16 +100,20 @@ class Population:
     def _one_forward(self, params: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,))
 
+    def _concatenated(self, task: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``task``'s training inputs and labels of all problems end to end, with each problem's
+        offset and example count."""
+        parts = [stream.tasks[task] for stream in self.streams]
+        counts = np.array([len(t.x_train) for t in parts])
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        return np.concatenate([t.x_train for t in parts]), np.concatenate([t.y_train for t in parts]), offsets, counts
+
     def batch(self, task: int, rngs: Sequence[np.random.Generator], size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch of ``size`` examples of ``task`` per problem, each drawn with its own
         generator: ``x [P, size, ...]``, ``y [P, size]``."""
-        xs, ys = [], []
-        for stream, rng in zip(self.streams, rngs):
-            t = stream.tasks[task]
-            index = rng.integers(0, len(t.x_train), size)
-            xs.append(t.x_train[index])
-            ys.append(t.y_train[index])
-        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        x, y, offsets, counts = self._train[task]
+        index = np.concatenate([offset + rng.integers(0, count, size) for offset, count, rng in zip(offsets, counts, rngs)])
+        return torch.from_numpy(x[index].reshape(self.size, size, *x.shape[1:])), torch.from_numpy(y[index].reshape(self.size, size))
 
     def loss(self, params: Sequence[torch.Tensor], task: int, x: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torch.Tensor:
         """Mean over problems of each problem's ``QUERY_LOSSES[kind]`` on its batch of ``task``.
