@@ -1,11 +1,13 @@
 """Continual-learning baselines measured beside LTO: EWC, SI and importance-gated Adam.
 
-SGD (with optional momentum) and Adam are ``torch.optim.SGD`` and ``torch.optim.Adam``. The two
+SGD (with optional momentum) and Adam are ``torch.optim.SGD`` and ``torch.optim.Adam``. The ones
 here are the hand-designed methods a learned optimizer for continual learning has to beat:
 
 * :class:`EWC`: elastic weight consolidation (Kirkpatrick et al., PNAS 2017), a quadratic penalty
   that anchors each weight in proportion to its diagonal Fisher information on finished tasks. It
   plugs into :func:`lto_core.continual.run_stream` through ``penalty`` and ``on_task_end``.
+* :class:`OnlineEWC`: online EWC (Schwarz et al., ICML 2018), one running Fisher and one anchor
+  instead of a pair per task, so its cost does not grow with the number of tasks.
 * :class:`SI`: synaptic intelligence (Zenke, Poole & Ganguli, ICML 2017), the same kind of
   penalty with each weight's importance measured online, along the training path.
 * :class:`GatedAdam`: Adam whose step is divided by ``1 + c * Omega``, ``Omega`` the consolidated
@@ -94,6 +96,33 @@ class EWC:
                     f.add_(g.square())
         model.train(was_training)
         self.consolidated.append(([f / count for f in fisher], [p.detach().clone() for p in params]))
+
+
+class OnlineEWC(EWC):
+    """Online EWC (Schwarz et al., "Progress & Compress", ICML 2018): one running Fisher and one anchor.
+
+    After task ``k`` ends, ``F <- gamma * F + F_k`` (``F_k`` estimated as in :class:`EWC`) and
+    ``theta* <- theta`` (the parameters then); the penalty is ``(lambda / 2) sum_i F_i (theta_i - theta*_i)^2``.
+    ``gamma = 1`` keeps every task's importance; ``gamma < 1`` lets old tasks fade.
+
+    Args:
+        lam: the penalty strength ``lambda`` (>= 0).
+        gamma: the decay of earlier tasks' Fisher, in ``[0, 1]``.
+        fisher_samples, log_likelihood: as in :class:`EWC`.
+    """
+
+    def __init__(self, lam: float, gamma: float = 1.0, fisher_samples: int = 256, log_likelihood: LogLikelihood | None = None) -> None:
+        if not 0.0 <= float(gamma) <= 1.0:
+            raise ValueError(f"Invalid online EWC gamma: {gamma}; must be in [0, 1]")
+        super().__init__(lam, fisher_samples, log_likelihood)
+        self.gamma = float(gamma)
+
+    def on_task_end(self, model: nn.Module, task: Task) -> None:
+        """Fold the finished task's Fisher into the running one and move the anchor here."""
+        super().on_task_end(model, task)
+        if len(self.consolidated) == 2:
+            (old, _), (new, anchor) = self.consolidated
+            self.consolidated = [([self.gamma * o + n for o, n in zip(old, new)], anchor)]
 
 
 class SI:
