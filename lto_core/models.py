@@ -1,8 +1,10 @@
-"""Small classifiers for streams: an MLP, a CNN and a tiny transformer, for images or vectors."""
+"""Small classifiers for streams (an MLP, a CNN and a tiny transformer, for images or vectors) and
+a GPT-style decoder-only language model for the knowledge benchmark."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -72,6 +74,112 @@ def make_model(arch: str, input_shape: tuple[int, ...], outputs: int, seed: int,
     """A freshly initialized classifier; the same ``seed`` gives the same weights."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
-    torch.manual_seed(seed)
     cls = {"mlp": MLP, "cnn": CNN, "transformer": TinyTransformer}[arch]
-    return cls(tuple(input_shape), outputs, **sizes)
+    # Seeded on a fork of the CPU generator, so the caller's random stream is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return cls(tuple(input_shape), outputs, **sizes)
+
+
+@dataclass(frozen=True)
+class GPTSize:
+    """Width, depth and attention heads of a :class:`GPT` (``dim`` divisible by ``heads``)."""
+
+    dim: int
+    layers: int
+    heads: int
+
+
+#: ``lto bench knowledge --size``: about 0.03M, 0.1M, 3.2M and 101M parameters without the
+#: embedding (``12 * layers * dim^2``); ``large`` is for a GPU.
+GPT_SIZES = {
+    "tiny": GPTSize(dim=32, layers=2, heads=2),
+    "small": GPTSize(dim=64, layers=2, heads=4),
+    "medium": GPTSize(dim=256, layers=4, heads=8),
+    "large": GPTSize(dim=1024, layers=8, heads=16),
+}
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position ``t`` attends to positions ``<= t`` only:
+    ``softmax(Q K^T / sqrt(d_head) + M) V`` per head, ``M`` zero on and below the diagonal and
+    ``-inf`` above it (Vaswani et al., 2017)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[N, L, dim]`` -> ``[N, L, dim]``."""
+        n, length, dim = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(attended.transpose(1, 2).reshape(n, length, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))`` with a 4x GELU MLP."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[N, L, dim]`` -> ``[N, L, dim]``."""
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model in the GPT-2 layout (Radford et al., 2019): token
+    plus learned position embeddings, pre-norm blocks of causal self-attention and MLP, a final
+    LayerNorm, and next-token logits through the token embedding (tied weights, Press & Wolf, 2017).
+
+    Args:
+        vocab: vocabulary size.
+        context: the longest sequence it reads (learned positions).
+        dim: width.
+        layers: transformer blocks.
+        heads: attention heads (``dim`` must be divisible by it).
+    """
+
+    def __init__(self, vocab: int, context: int, dim: int = 64, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}; pick heads that divide it")
+        self.context = context
+        self.token = nn.Embedding(vocab, dim)
+        self.position = nn.Embedding(context, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        # GPT-2's initialization: N(0, 0.02) weights, zero biases.
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[N, L]`` (int64, ``L <= context``) -> next-token logits ``[N, L, vocab]``."""
+        length = tokens.shape[1]
+        if length > self.context:
+            raise ValueError(f"sequence of {length} tokens is longer than the model's context of {self.context}")
+        x = self.token(tokens) + self.position(torch.arange(length, device=tokens.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x) @ self.token.weight.T
+
+
+def make_gpt(size: str, vocab: int, context: int, seed: int, device: str | torch.device = "cpu") -> GPT:
+    """A freshly initialized :class:`GPT` of a named ``size`` (:data:`GPT_SIZES`) on ``device``;
+    the same ``seed`` gives the same weights."""
+    if size not in GPT_SIZES:
+        raise ValueError(f"unknown GPT size {size!r}; choose one of {tuple(GPT_SIZES)}")
+    torch.manual_seed(seed)
+    shape = GPT_SIZES[size]
+    return GPT(vocab, context, shape.dim, shape.layers, shape.heads).to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -86,6 +87,24 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
+
+
+def status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field} field")
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the kernel (glibc ``malloc_trim``), so memory the step
+    allocates shows up as RSS growth instead of silently reusing pages freed earlier."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement may under-count, never over-count
+        pass
 
 
 def rounded(values: Iterable[float], digits: int = 5) -> list[float]:

@@ -25,7 +25,6 @@ granularity.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import multiprocessing
 import statistics
@@ -36,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from lto_core.bench.common import environment, markdown_table, rounded, write_json
+from lto_core.bench.common import environment, markdown_table, release_free_memory, rounded, status_kib, write_json
 
 #: ``make(params) -> optimizer``. Must pickle (a module-level function or a ``functools.partial``
 #: of one) so the memory probe can rebuild it in a fresh process.
@@ -157,24 +156,6 @@ def iteration_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(["optimizer", "median ms", "min–max ms", "x reference"], cells)
 
 
-def _status_kib(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field} field")
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the kernel (glibc ``malloc_trim``), so memory the step
-    allocates shows up as RSS growth instead of silently reusing pages freed earlier."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the measurement may under-count, never over-count
-        pass
-
-
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of the tensors in ``optimizer.state_dict()["state"]`` (the optimizer's state)."""
     total = 0
@@ -196,14 +177,14 @@ def _memory_probe(connection, make: OptimizerFactory, shapes: list[tuple[int, ..
             warmup.step()
         del warmup
         gc.collect()
-        _release_free_memory()
+        release_free_memory()
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")
-        before = _status_kib("VmRSS")
+        before = status_kib("VmRSS")
         optimizer = make(params)
         for _ in range(steps):
             optimizer.step()
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         state = state_bytes(optimizer)
         connection.send(("ok", (peak - before) * 1024 - state, state))
     except Exception as err:  # reported to the parent, which records why memory is missing
