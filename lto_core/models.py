@@ -180,6 +180,8 @@ def make_gpt(size: str, vocab: int, context: int, seed: int, device: str | torch
     the same ``seed`` gives the same weights."""
     if size not in GPT_SIZES:
         raise ValueError(f"unknown GPT size {size!r}; choose one of {tuple(GPT_SIZES)}")
-    torch.manual_seed(seed)
     shape = GPT_SIZES[size]
-    return GPT(vocab, context, shape.dim, shape.layers, shape.heads).to(device)
+    with torch.random.fork_rng(devices=[]):  # as make_model: the caller's random stream is left as it was
+        torch.default_generator.manual_seed(seed)
+        model = GPT(vocab, context, shape.dim, shape.layers, shape.heads)
+    return model.to(device)
