@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from lto_core.baselines import SI
 from lto_core.continual import run_stream
 from lto_core.data import load_dataset
 from lto_core.models import make_model
 from lto_core.streams import make_stream
+from lto_export.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +108,14 @@ def test_si_validates_its_arguments():
         SI(c=-1.0)
     with pytest.raises(ValueError, match="Invalid SI xi: 0"):
         SI(xi=0.0)
+
+
+def test_bench_cl_runs_si_and_records_its_settings(tmp_path):
+    args = ["bench", "cl", "--tasks", "2", "--iters", "5", "--seeds", "1", "--optimizers", "adam,si", "--si-c", "0.5", "--quick", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "| `si` |" in result.output
+    settings = json.loads((tmp_path / "results.json").read_text())["config"]["optimizers"]["si"]
+    assert settings == {"lr": 1e-3, "base": "torch.optim.Adam", "si_c": 0.5, "si_xi": 1e-3}
+    bad = CliRunner().invoke(main, ["bench", "cl", "--si-xi", "0", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--si-xi" in bad.output
