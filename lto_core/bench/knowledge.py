@@ -269,7 +269,8 @@ class PeakMemory:
     allocated at the start (torch's allocator only: an onnxruntime CUDA session allocates its own).
     CPU on Linux: the kernel's peak resident size ``VmHWM`` after resetting it (``5`` into
     ``/proc/self/clear_refs``), minus ``VmRSS`` at the start; freed heap pages are handed back first
-    (``malloc_trim``) so a run does not hide its growth in an earlier run's leftovers. Elsewhere: NaN.
+    (``malloc_trim``) so a run does not hide its growth in an earlier run's leftovers. Elsewhere,
+    or where ``/proc`` cannot be written: NaN.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -279,13 +280,16 @@ class PeakMemory:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             self.start = torch.cuda.memory_allocated(device)
-        elif sys.platform.startswith("linux"):
-            release_free_memory()
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")
-            self.start = status_kib("VmRSS") * 1024
         else:
             self.start = None
+            if sys.platform.startswith("linux"):
+                release_free_memory()
+                try:
+                    with open("/proc/self/clear_refs", "w") as clear:
+                        clear.write("5")
+                    self.start = status_kib("VmRSS") * 1024
+                except OSError:  # a sandbox that hides /proc: no measurement rather than a wrong one
+                    pass
 
     def peak_mib(self) -> float:
         """MiB above the start at the highest point since then."""
