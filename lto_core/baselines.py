@@ -108,7 +108,8 @@ class OnlineEWC(EWC):
     Args:
         lam: the penalty strength ``lambda`` (>= 0).
         gamma: the decay of earlier tasks' Fisher, in ``[0, 1]``.
-        fisher_samples, log_likelihood: as in :class:`EWC`.
+        fisher_samples: as in :class:`EWC`.
+        log_likelihood: as in :class:`EWC`.
     """
 
     def __init__(self, lam: float, gamma: float = 1.0, fisher_samples: int = 256, log_likelihood: LogLikelihood | None = None) -> None:
