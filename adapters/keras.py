@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from lto_runtime import MAX_BATCH_WINDOWS, STATE_NAMES, OptimizerSession, StepEngine, hyper_row
+from lto_runtime import HYPER_NAMES, MAX_BATCH_WINDOWS, STATE_NAMES, OptimizerSession, StepEngine, hyper_row
 
 #: Rows of the saved ``lto_counters`` array: each variable's counters, in this order.
 COUNTERS: tuple[str, ...] = ("step", "steps_since_boundary", "boundaries", "boundary_pending")
@@ -37,16 +37,21 @@ class LTO(keras.optimizers.Optimizer):
     Args:
         learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule`` or a callable;
             the step scales with it, as in Adam.
-        beta_1, beta_2: Adam's moment decay rates.
+        beta_1: Adam's decay rate of the first moment.
+        beta_2: Adam's decay rate of the second moment.
         epsilon: Adam's denominator term (``1e-8``, as the other lto front ends, so all agree).
+        weight_decay: L2 penalty added to the gradient inside the step, ``g + weight_decay * theta``,
+            as in the torch and NumPy front ends (and ``torch.optim.Adam``), so the three take the
+            same step; not Keras' decoupled decay. ``None`` means 0. Variables named in
+            ``exclude_from_weight_decay()`` get none.
         onnx_path: optimizer file; ``None`` for the packaged default.
         providers: onnxruntime providers: ``None`` (CPU), ``"auto"`` (CUDA when it really loads,
             else CPU) or a list. The providers in use are ``opt.runtime.providers``.
         max_batch_windows: windows per session call; bounds the step's extra memory.
         threads: onnxruntime intra-op threads (default 1; 0: onnxruntime's choice, one per physical core).
-        **kwargs: the base optimizer's arguments (``weight_decay`` is decoupled, as in every Keras
-            optimizer; ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``use_ema``,
-            ``loss_scale_factor``, ``gradient_accumulation_steps`` (torch backend only), ``name``).
+        **kwargs: the base optimizer's arguments (``clipnorm``, ``global_clipnorm``, ``clipvalue``,
+            ``use_ema``, ``loss_scale_factor``, ``gradient_accumulation_steps`` (torch backend
+            only), ``name``).
 
     Where the state lives: per-element state (``exp_avg``, ``exp_avg_sq``, ``log_importance``,
     ``anchor``), per-token ``coefficients`` and the per-variable counters (step, steps since
@@ -73,6 +78,7 @@ class LTO(keras.optimizers.Optimizer):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
+        weight_decay: float | None = 0.0,
         *,
         onnx_path: str | os.PathLike | None = None,
         providers: str | Sequence[str] | None = None,
@@ -87,11 +93,14 @@ class LTO(keras.optimizers.Optimizer):
         if backend == "jax" and kwargs.get("gradient_accumulation_steps"):
             raise ValueError("gradient_accumulation_steps is not supported by LTO on the jax backend (the host step cannot be undone); use the torch backend")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        weight_decay = 0.0 if weight_decay is None else weight_decay
         # A schedule's learning rates are checked at every step; a float is checked now.
-        hyper_row(learning_rate if isinstance(learning_rate, float) else 0.0, (beta_1, beta_2), epsilon, 0.0)
+        hyper_row(learning_rate if isinstance(learning_rate, float) else 0.0, (beta_1, beta_2), epsilon, weight_decay)
         if max_batch_windows < 1:
             raise ValueError(f"Invalid max_batch_windows: {max_batch_windows}; must be >= 1")
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        # Set after the base constructor, which would otherwise apply it as decoupled decay.
+        self.weight_decay = float(weight_decay)
         self.onnx_path = None if onnx_path is None else str(onnx_path)
         self._providers_request = providers if providers is None or isinstance(providers, str) else tuple(providers)
         self.max_batch_windows = int(max_batch_windows)
@@ -120,7 +129,7 @@ class LTO(keras.optimizers.Optimizer):
         super().build(variables)
         kwargs = dict(max_batch_windows=self.max_batch_windows)
         if keras.backend.backend() == "torch":
-            from lto_adapters.torch import build_engine
+            from lto_runtime._torch_engine import build_engine
 
             self._engine = build_engine(self.runtime, [v.value for v in variables], **kwargs)
         else:
@@ -132,9 +141,15 @@ class LTO(keras.optimizers.Optimizer):
 
     # -- stepping -------------------------------------------------------------------------------
 
+    def _apply_weight_decay(self, variables: Sequence[Any]) -> None:
+        """Nothing: the step adds ``weight_decay * theta`` to the gradient itself (see the class docstring)."""
+
     def _hyper(self, learning_rate: float) -> np.ndarray:
-        row = hyper_row(learning_rate, (self.beta_1, self.beta_2), self.epsilon, 0.0)
-        return np.tile(row, (len(self._trainable_variables), 1))
+        """Each trainable variable's row of :data:`~lto_runtime.HYPER_NAMES` at ``learning_rate``."""
+        row = hyper_row(learning_rate, (self.beta_1, self.beta_2), self.epsilon, self.weight_decay)
+        rows = np.tile(row, (len(self._trainable_variables), 1))
+        rows[:, HYPER_NAMES.index("weight_decay")] *= [self._use_weight_decay(v) for v in self._trainable_variables]
+        return rows
 
     def _warn_nonfinite(self, bad: list[int]) -> None:
         names = [self._trainable_variables[i].path for i in bad]
@@ -146,7 +161,7 @@ class LTO(keras.optimizers.Optimizer):
         if keras.backend.backend() == "jax":
             self._jax_update(grads, trainable_variables, index, learning_rate)
             return
-        from lto_adapters.torch import step_tensors
+        from lto_runtime._torch_engine import step_tensors
 
         full: list = [None] * len(self._trainable_variables)
         for i, g in zip(index, grads):
@@ -281,7 +296,7 @@ class LTO(keras.optimizers.Optimizer):
             raise ValueError(f"saved optimizer variable {key!r} for {variable.path} is {got}, expected finite numbers of shape {want}")
         if variable is self._learning_rate:
             try:
-                hyper_row(float(value), (self.beta_1, self.beta_2), self.epsilon, 0.0)
+                hyper_row(float(value), (self.beta_1, self.beta_2), self.epsilon, self.weight_decay)
             except ValueError as err:
                 raise ValueError(f"saved optimizer variable {key!r} for {variable.path}: {err}") from None
         return value

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from lto_runtime import MAX_BATCH_WINDOWS, OptimizerSession, StepEngine, hyper_row
+from lto_runtime.state import check_state_dict_keys
 
 
 def _check_param(name: str, array: object) -> np.ndarray:
@@ -30,7 +31,9 @@ class LTO:
     Args:
         params: name -> parameter array (float16, float32 or float64; any shape).
         lr: learning rate (the user's knob: the step scales with it, as in Adam).
-        betas, eps, weight_decay: Adam's hyper-parameters (L2 weight decay added to the gradient).
+        betas: Adam's decay rates of the first and second moment.
+        eps: Adam's denominator term.
+        weight_decay: L2 weight decay, added to the gradient as in ``torch.optim.Adam``.
         onnx_path: optimizer file; ``None`` for the packaged default.
         providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA if available).
         max_batch_windows: windows per session call (bounds memory).
@@ -134,9 +137,7 @@ class LTO:
                 optimizer; everything is checked first, so nothing changes then.
             TypeError: a hyper-parameter is not a number.
         """
-        if not isinstance(state_dict, Mapping) or set(state_dict) != {"hyper", "state"}:
-            keys = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
-            raise ValueError(f"state_dict must be a dict with keys 'hyper' and 'state' (from LTO.state_dict()), got {keys}")
+        check_state_dict_keys(state_dict, ("hyper", "state"))
         hyper, state = state_dict["hyper"], state_dict["state"]
         if not isinstance(hyper, Mapping) or set(hyper) != set(self.hyper):
             raise ValueError(f"state_dict['hyper'] must hold {sorted(self.hyper)}, got {hyper!r}")

@@ -1,4 +1,4 @@
-"""``lto bench cl|train|speed``: the benchmark verbs of the ``lto`` command.
+"""``lto bench cl|train|speed|knowledge``: the benchmark verbs of the ``lto`` command.
 
 This layer turns option strings into optimizer factories (it may import the adapters; the
 runners in :mod:`lto_core.bench` may not) and drives a tqdm progress bar.
@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 #: Optimizer names ``lto bench cl`` accepts, in the order the help lists them.
-CL_OPTIMIZERS = ("sgd", "adam", "ewc", "gated-adam", "lto", "lto-torch")
+CL_OPTIMIZERS = ("sgd", "adam", "ewc", "online-ewc", "si", "gated-adam", "lto", "lto-torch")
 #: ``lto bench train``: one task has no boundary, so EWC and gated Adam would equal Adam.
 TRAIN_OPTIMIZERS = ("sgd", "adam", "lto", "lto-torch")
 #: ``lto bench speed``: the step implementations timed side by side; ``adam`` is the reference.
 SPEED_OPTIMIZERS = ("lto-onnx", "lto-torch", "adam", "adam-foreach", "sgd")
+#: ``lto bench knowledge``: a language model learning facts task after task.
+KNOWLEDGE_OPTIMIZERS = ("adam", "adamw", "ewc", "si", "lto", "lto-torch")
+#: ``lto bench knowledge --size``: the names of ``lto_core.models.GPT_SIZES`` (kept here so that
+#: ``lto --help`` does not import torch; a test checks they agree).
+KNOWLEDGE_SIZES = ("tiny", "small", "medium", "large")
 #: Help of ``--threads`` on ``lto demo``, ``lto bench cl`` and ``lto bench train``.
 THREADS_HELP = (
     "Threads for torch (torch.set_num_threads) and for LTO's onnxruntime session; 0: each library's default, "
@@ -27,9 +34,24 @@ THREADS_HELP = (
 )
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies under it, else as given.
+
+    Printed output and ``results.json`` then name files the way the user sees them, not by the
+    absolute path of the machine they ran on.
+    """
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def set_torch_threads(threads: int) -> None:
     """``torch.set_num_threads(threads)``, unless ``threads`` is 0 (torch's default: one per core)."""
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 
@@ -42,20 +64,25 @@ def build_optimizer(
     gate_c: float = 1.0,
     onnx_path: str | None = None,
     threads: int = 0,
+    providers: str | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer called ``name`` over ``params``.
 
-    ``sgd`` uses ``sgd_lr`` and ``momentum``; every other method uses ``lr``: ``adam`` and ``ewc``
-    (EWC's penalty comes separately) are ``torch.optim.Adam``, ``adam-foreach`` is
+    ``sgd`` uses ``sgd_lr`` and ``momentum``; every other method uses ``lr``: ``adam``, ``ewc``, ``online-ewc`` and
+    ``si`` (their penalties come separately) are ``torch.optim.Adam``, ``adamw`` ``torch.optim.AdamW``, ``adam-foreach`` is
     ``Adam(foreach=True)``, ``gated-adam`` is :class:`lto_core.baselines.GatedAdam` with
     ``gate=gate_c``; ``lto``/``lto-onnx`` is ``LTO`` on onnxruntime (``onnx_path`` or the packaged
-    default file, with ``threads`` onnxruntime threads), ``lto-torch`` ``LTO(backend="torch")``. Module-level, so a
+    default file, with ``threads`` onnxruntime threads and onnxruntime ``providers``), ``lto-torch`` ``LTO(backend="torch")``. Module-level, so a
     ``functools.partial`` of it pickles into the speed benchmark's memory probe.
     """
+    import torch
+
     if name == "sgd":
         return torch.optim.SGD(params, lr=sgd_lr, momentum=momentum)
-    if name in ("adam", "ewc"):
+    if name in ("adam", "ewc", "online-ewc", "si"):
         return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
     if name == "adam-foreach":
         return torch.optim.Adam(params, lr=lr, foreach=True)
     if name == "gated-adam":
@@ -65,7 +92,7 @@ def build_optimizer(
     from lto_adapters.torch import LTO
 
     if name in ("lto", "lto-onnx"):
-        return LTO(params, lr=lr, onnx_path=onnx_path, threads=threads)
+        return LTO(params, lr=lr, onnx_path=onnx_path, threads=threads, providers=providers)
     if name == "lto-torch":
         return LTO(params, lr=lr, backend="torch")
     raise ValueError(f"unknown optimizer {name!r}")
@@ -83,22 +110,32 @@ def _parse_names(value: str, allowed: tuple[str, ...], option: str) -> list[str]
 
 
 def _methods(
-    names: list[str], lr: float, sgd_lr: float, momentum: float, ewc_lambda: float, gate_c: float, onnx_path: str | None, threads: int
+    names: list[str], lr: float, sgd_lr: float, momentum: float, ewc_lambda: float, gate_c: float, onnx_path: str | None, threads: int,
+    si_c: float = 1.0, si_xi: float = 1e-3, providers: str | None = None, online_ewc_gamma: float = 1.0,
 ):
     """``{name: Method}`` with the hyper-parameters each one really uses, for the records."""
-    from lto_core.baselines import EWC
+    from lto_core.baselines import EWC, SI, OnlineEWC
     from lto_core.bench import Method
 
     methods = {}
     for name in names:
         make = functools.partial(
-            build_optimizer, name, lr=lr, sgd_lr=sgd_lr, momentum=momentum, gate_c=gate_c, onnx_path=onnx_path, threads=threads
+            build_optimizer, name, lr=lr, sgd_lr=sgd_lr, momentum=momentum, gate_c=gate_c, onnx_path=onnx_path, threads=threads,
+            providers=providers,
         )
         settings: dict[str, Any] = {"lr": sgd_lr, "momentum": momentum} if name == "sgd" else {"lr": lr}
         regularizer = None
         if name == "ewc":
             settings.update(base="torch.optim.Adam", ewc_lambda=ewc_lambda)
             regularizer = functools.partial(EWC, ewc_lambda)
+        elif name == "online-ewc":
+            settings.update(base="torch.optim.Adam", ewc_lambda=ewc_lambda, online_ewc_gamma=online_ewc_gamma)
+            regularizer = functools.partial(OnlineEWC, ewc_lambda, online_ewc_gamma)
+        elif name == "si":
+            settings.update(base="torch.optim.Adam", si_c=si_c, si_xi=si_xi)
+            regularizer = functools.partial(SI, si_c, si_xi)
+        elif name == "adamw":
+            settings["weight_decay"] = 0.01  # torch.optim.AdamW's default
         elif name == "gated-adam":
             settings["gate_c"] = gate_c
         elif name.startswith("lto"):
@@ -112,14 +149,16 @@ def _lto_notes(names: Iterable[str], onnx_path: str | None) -> dict[str, Any]:
     """Where the LTO optimizer came from (its file and ``lto.meta_train`` metadata)."""
     if not any(n.startswith("lto") for n in names):
         return {}
-    from lto_runtime.model import default_model_path, read_optimizer_file
+    from lto_runtime.optimizer_file import default_model_path, read_optimizer_file
 
     path = Path(onnx_path) if onnx_path else default_model_path()
     try:
         _, spec = read_optimizer_file(path)
     except Exception as err:  # the runtime's own error names the file and the reason
         raise click.ClickException(str(err)) from None
-    return {"lto_file": str(path), "lto_meta_train": spec.meta_train, "lto_provenance": spec.provenance}
+    # A meta-trained file's provenance is its whole training record; the run names it in one line.
+    provenance = "meta-trained (lto inspect FILE prints its record)" if spec.meta_trained else spec.provenance
+    return {"lto_file": display_path(path), "lto_meta_train": spec.meta_train, "lto_provenance": provenance}
 
 
 def _check_data(data: str, stream: str | None = None, scenario: str = "task", tasks: int = 1) -> None:
@@ -166,7 +205,7 @@ def _shared_options(default_optimizers: str, allowed: tuple[str, ...]):
         click.option("--arch", type=click.Choice(["mlp", "cnn", "transformer"]), default="mlp", show_default=True),
         click.option("--optimizers", default=default_optimizers, show_default=True, help=f"Comma-separated, from: {', '.join(allowed)}."),
         click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds 0..N-1; each gives every optimizer the same init and batches. [default: 3; --quick: 2]"),
-        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="Learning rate of Adam, EWC, gated Adam and LTO."),
+        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="Learning rate of Adam, EWC, SI, gated Adam and LTO."),
         click.option("--sgd-lr", type=click.FloatRange(min=0.0, min_open=True), default=0.03, show_default=True, help="Learning rate of SGD."),
         click.option("--momentum", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True, help="SGD momentum."),
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
@@ -187,7 +226,7 @@ def _shared_options(default_optimizers: str, allowed: tuple[str, ...]):
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: continual learning (cl), plain training (train), step speed (speed)."""
+    """Benchmarks: continual learning (cl), plain training (train), step speed (speed), a language model learning facts (knowledge)."""
 
 
 @bench.command()
@@ -196,10 +235,13 @@ def bench() -> None:
 @click.option("--tasks", type=click.IntRange(min=1), default=5, show_default=True, help="Tasks in the stream.")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps per task. [default: 300; --quick: 60]")
 @click.option("--ewc-lambda", type=click.FloatRange(min=0.0), default=100.0, show_default=True, help="EWC penalty strength lambda.")
+@click.option("--online-ewc-gamma", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True, help="Online EWC: decay of earlier tasks' Fisher (its lambda is --ewc-lambda).")
+@click.option("--si-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="SI penalty strength c (Zenke et al. 2017, split MNIST).")
+@click.option("--si-xi", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="SI damping xi.")
 @click.option("--gate-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="Gated Adam: step / (1 + c * importance).")
 @_shared_options("sgd,adam,ewc,gated-adam,lto", CL_OPTIMIZERS)
 @click.option("--out", type=click.Path(file_okay=False), default="bench-results/cl", show_default=True, help="Directory for results.json, results.md and the plots.")
-def cl(stream, scenario, tasks, iters, ewc_lambda, gate_c, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
+def cl(stream, scenario, tasks, iters, ewc_lambda, online_ewc_gamma, si_c, si_xi, gate_c, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
     """Optimizers side by side on a continual-learning stream: ACC, BWT, FWT, curves, heatmaps.
 
     Within a seed every optimizer starts from the same weights and sees the same batches; the
@@ -223,7 +265,7 @@ def cl(stream, scenario, tasks, iters, ewc_lambda, gate_c, data, arch, optimizer
     _check_data(data, stream, scenario, tasks)
     notes = _lto_notes(names, onnx_path)
     set_torch_threads(threads)
-    methods = _methods(names, lr, sgd_lr, momentum, ewc_lambda, gate_c, onnx_path, threads)
+    methods = _methods(names, lr, sgd_lr, momentum, ewc_lambda, gate_c, onnx_path, threads, si_c, si_xi, online_ewc_gamma=online_ewc_gamma)
     _run_reported(run_cl, config, methods, notes, config.seeds * len(names) * tasks * iters, "lto bench cl", out, resume)
 
 
@@ -252,6 +294,72 @@ def train(iters, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size
     _run_reported(run_train, config, methods, notes, config.seeds * len(names) * iters, "lto bench train", out, resume)
 
 
+@bench.command()
+@click.option("--size", type=click.Choice(KNOWLEDGE_SIZES), default=None, help=(
+    "GPT size: tiny (2 layers, width 32, ~0.03M parameters), small (2 x 64, ~0.1M), medium (4 x 256, ~3.2M), "
+    "large (8 x 1024, ~101M; for a GPU). [default: small; --quick: tiny]"))
+@click.option("--tasks", type=click.IntRange(min=1), default=None, help="Tasks, each with new entities. [default: 5; --quick: 2]")
+@click.option("--entities", type=click.IntRange(min=1), default=None, help="New entities per task. [default: 16; --quick: 8]")
+@click.option("--relations", type=click.IntRange(1, 8), default=4, show_default=True, help="Facts per entity (distinct relations of 8).")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps per task. [default: 300; --quick: 30]")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds 0..N-1; each gives its own facts, and every optimizer the same init and batches. [default: 2; --quick: 1]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Sentences per step.")
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="Learning rate of every optimizer.")
+@click.option("--ewc-lambda", type=click.FloatRange(min=0.0), default=100.0, show_default=True, help="EWC penalty strength lambda.")
+@click.option("--si-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="SI penalty strength c.")
+@click.option("--si-xi", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="SI damping xi.")
+@click.option("--optimizers", default="adam,adamw,ewc,si,lto", show_default=True, help=f"Comma-separated, from: {', '.join(KNOWLEDGE_OPTIMIZERS)}.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N: where the model, data and optimizer state live; on a GPU, LTO asks onnxruntime for CUDA (providers='auto').")
+@click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Optimizer file for `lto` (default: the packaged one).")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True, help=THREADS_HELP)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings in --out.")
+@click.option("--quick", is_flag=True, help="Small run for a smoke test (under a minute on 2 CPU cores).")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-results/knowledge", show_default=True, help="Directory for results.json, results.md, heatmaps.png and knowledge.png.")
+def knowledge(size, tasks, entities, relations, iters, seeds, batch_size, lr, ewc_lambda, si_c, si_xi, optimizers, device, onnx_path, threads, resume, quick, out) -> None:
+    """A GPT-style model learning synthetic facts task after task: recall (ACC, BWT, FWT), perplexity, time, memory.
+
+    Facts (entity, relation, object) are invented offline from the seed and rendered as short
+    sentences; each task brings new entities. After every task each fact is asked as
+    "entity relation" and counts as recalled when every object token is the model's argmax.
+    """
+    import dataclasses
+
+    import torch
+
+    from lto_core.baselines import EWC
+    from lto_core.bench.knowledge import KnowledgeConfig, run_knowledge, sentence_log_likelihood
+
+    names = _parse_names(optimizers, KNOWLEDGE_OPTIMIZERS, "--optimizers")
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise click.BadParameter(f"{device!r} is not a device; use cpu, cuda or cuda:N", param_hint="--device") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{device}: torch sees no CUDA GPU here; use --device cpu", param_hint="--device")
+    if where.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{device!r}: only cpu and cuda are supported", param_hint="--device")
+    config = KnowledgeConfig(
+        tasks=tasks or (2 if quick else 5),
+        entities=entities or (8 if quick else 16),
+        relations=relations,
+        size=size or ("tiny" if quick else "small"),
+        iters=iters or (30 if quick else 300),
+        seeds=seeds or (1 if quick else 2),
+        batch_size=batch_size,
+        device=str(where),
+    )
+    notes = _lto_notes(names, onnx_path)
+    set_torch_threads(threads)
+    providers = "auto" if where.type == "cuda" else None
+    methods = _methods(names, lr, 0.0, 0.0, ewc_lambda, 0.0, onnx_path, threads, si_c, si_xi, providers)
+    if "ewc" in methods:  # the Fisher of a language model: per-sentence log-likelihoods
+        methods["ewc"] = dataclasses.replace(
+            methods["ewc"], make_regularizer=functools.partial(EWC, ewc_lambda, log_likelihood=sentence_log_likelihood)
+        )
+    total = config.seeds * len(names) * config.tasks * config.iters
+    _run_reported(run_knowledge, config, methods, notes, total, "lto bench knowledge", out, resume)
+
+
 def _parse_sizes(value: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(float(s)) for s in value.split(",") if s.strip())
@@ -265,6 +373,7 @@ def _parse_sizes(value: str) -> tuple[int, ...]:
 def _onnxruntime_threads(onnx_path: str | None, threads: int) -> str:
     """How many intra-op threads the LTO adapter's onnxruntime session was given."""
     import onnxruntime as ort
+    import torch
 
     probe = build_optimizer("lto-onnx", [torch.zeros(4, requires_grad=True)], onnx_path=onnx_path, threads=threads)
     used = probe.runtime.session.get_session_options().intra_op_num_threads
@@ -288,6 +397,7 @@ def speed(sizes, threads, repeats, optimizers, memory, onnx_path, out, iteration
     Same tensors, same process, same threads (with --threads). Prints median and min-max over repeats, the
     ratio to torch.optim.Adam, parameters per second and peak extra memory beyond the state.
     """
+    import torch
     from tqdm import tqdm
 
     from lto_core.bench import SpeedConfig, run_speed
@@ -341,3 +451,33 @@ def speed(sizes, threads, repeats, optimizers, memory, onnx_path, out, iteration
     if "memory_skipped" in payload:
         click.echo(f"memory not measured: {payload['memory_skipped']}")
     click.echo(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
+
+
+@bench.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default="bench-results/summary.png", show_default=True, help="PNG file to write.")
+def plot(runs, out) -> None:
+    """ACC and BWT of several `lto bench cl` runs in one figure.
+
+    RUNS are the --out directories of `lto bench cl` runs (or their results.json files); each
+    becomes one group of bars, one bar per optimizer.
+    """
+    import json
+
+    from lto_core.bench.common import plots_unavailable_message
+    from lto_core.bench.plots import plot_summary
+
+    missing = plots_unavailable_message()
+    if missing is not None:
+        raise click.ClickException(missing)
+    payloads = []
+    for run in runs:
+        path = Path(run) / "results.json" if Path(run).is_dir() else Path(run)
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise click.BadParameter(f"{path}: {err}", param_hint="RUNS") from None
+        if payload.get("config", {}).get("benchmark") != "cl" or "summary" not in payload:
+            raise click.BadParameter(f"{path} is not the results.json of a finished `lto bench cl` run", param_hint="RUNS")
+        payloads.append(payload)
+    click.echo(f"wrote {plot_summary(payloads, Path(out))}")

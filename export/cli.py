@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lto_export.bench_cli import THREADS_HELP, bench, set_torch_threads
+from lto_export.bench_cli import THREADS_HELP, bench, display_path, set_torch_threads
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +28,7 @@ def main() -> None:
 def demo(tasks: int, iters: int | None, lr: float, seed: int, threads: int, quick: bool) -> None:
     """Train an MLP through a continual split-digits stream with Adam and with LTO; print ACC/BWT."""
     from lto_export.demo import run_demo
-    from lto_runtime.model import read_optimizer_file, default_model_path
+    from lto_runtime.optimizer_file import default_model_path, read_optimizer_file
 
     iters = iters or (50 if quick else 300)
     set_torch_threads(threads)
@@ -74,11 +74,11 @@ def inspect(file: str | None) -> None:
 
     FILE defaults to the packaged default optimizer.
     """
-    from lto_runtime.model import default_model_path, read_optimizer_file
+    from lto_runtime.optimizer_file import default_model_path, read_optimizer_file
 
     path = Path(file) if file else default_model_path()
     model, spec = _load_or_exit(path, read_optimizer_file)
-    click.echo(f"file: {path} ({path.stat().st_size / 1024:.1f} KiB)")
+    click.echo(f"file: {display_path(path)} ({path.stat().st_size / 1024:.1f} KiB)")
     click.echo(f"optimizer: {spec.provenance}")
     for prop in model.metadata_props:
         click.echo(f"  {prop.key}: {prop.value}")
@@ -137,7 +137,7 @@ def doctor() -> None:
 
 
 def _load_or_exit(path, loader):
-    from lto_runtime.model import OptimizerFileError
+    from lto_runtime.optimizer_file import OptimizerFileError
 
     try:
         return loader(path)
@@ -199,7 +199,7 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
     torch.set_num_threads(threads)
     config = _meta_train_config(config_file)
     command = "lto meta-train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["meta-train"] else "lto meta-train"
-    bar = tqdm(total=config.iterations, desc="meta-train", unit="problem", dynamic_ncols=True)
+    bar = tqdm(total=config.iterations, desc="meta-train", unit="population", dynamic_ncols=True)
 
     def report(progress, meta_loss: float) -> None:
         bar.n = progress.iteration
@@ -212,7 +212,8 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
 
     progress = meta_train(out, config, seed=seed, minutes=minutes, resume=resume, command=command, on_iteration=report)
     bar.close()
-    click.echo(f"iterations {progress.iteration}/{config.iterations} in {progress.seconds / 60:.1f} min")
+    minutes = progress.seconds / 60
+    click.echo(f"iterations {progress.iteration}/{config.iterations} ({progress.problems} problems) in {minutes:.1f} min")
     click.echo(f"validation (held-out problems): Adam ACC {progress.baseline['acc']:.3f} BWT {progress.baseline['bwt']:+.3f}")
     if progress.best_iteration > 0:
         best = next(h for h in progress.history if h["iteration"] == progress.best_iteration)
@@ -222,30 +223,42 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
 @main.command("gate-sweep")
 @click.option("--strengths", default="0,1,2,4,8", show_default=True, help="Comma-separated gate strengths (0: plain Adam).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="JSON overriding MetaTrainConfig fields (its validation_family is used).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the validation problems, as in lto meta-train.")
-def gate_sweep_cmd(strengths: str, config_file: str | None, seed: int) -> None:
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds of the validation problems, as in lto meta-train; "
+              "with several, the spread of one network's ACC over validation draws (validation noise) is shown.")
+def gate_sweep_cmd(strengths: str, config_file: str | None, seeds: str) -> None:
     """Validate importance-gated Adam at several strengths on lto meta-train's validation problems.
 
     A guide for meta-training's start (`gate_init`) and for hand-set files (`lto export
     --gate-init S`); check a choice on unseen streams with `lto bench cl`.
     """
+    import numpy as np
     import torch
 
-    from lto_core.meta_train import gate_sweep
+    from lto_core.evaluation import gate_sweep
 
-    try:
-        values = [float(v) for v in strengths.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{strengths!r} is not a comma-separated list of numbers such as 0,2,8", param_hint="--strengths") from None
+    values = _numbers(strengths, float, "--strengths", "0,2,8")
+    draws = _numbers(seeds, int, "--seeds", "0,1,2")
     torch.set_num_threads(1)
     config = _meta_train_config(config_file)
-    scores = gate_sweep(values, config, seed)
-    problems = f"{config.validation_problems} validation problem{'' if config.validation_problems == 1 else 's'}"
-    click.echo(f"{'gate_init':>9}  {'ACC':>6}  {'BWT':>7}   ({problems}, seed {seed})")
-    for strength, score in scores.items():
-        click.echo(f"{strength:>9g}  {score['acc']:.4f}  {score['bwt']:+.4f}")
-    best = max(scores, key=lambda k: scores[k]["acc"])
-    click.echo(f"best: gate_init {best:g} (ACC {scores[best]['acc']:.4f})")
+    runs = [gate_sweep(values, config.network, config.validation_groups(seed)) for seed in draws]
+    count = config.validation_problems * config.validation_population
+    click.echo(f"{'gate_init':>9}  {'ACC':>6}  {'std':>6}  {'BWT':>7}   ({count} validation problems per seed, seeds {seeds})")
+    mean = {}
+    for strength in values:
+        accs = [run[strength]["acc"] for run in runs]
+        mean[strength] = float(np.mean(accs))
+        bwt = float(np.mean([run[strength]["bwt"] for run in runs]))
+        click.echo(f"{strength:>9g}  {mean[strength]:.4f}  {float(np.std(accs)):.4f}  {bwt:+.4f}")
+    best = max(mean, key=mean.get)
+    click.echo(f"best: gate_init {best:g} (ACC {mean[best]:.4f})")
+
+
+def _numbers(text: str, kind: type, option: str, example: str) -> list:
+    """A comma-separated option as numbers, or a usage error naming the option."""
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers such as {example}", param_hint=option) from None
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class MetaTrainConfig:
     iterations: int = 200
     family: Family = field(default_factory=Family)
     #: Problems per iteration, all of one shape, trained together.
-    population: int = 8
+    population: int = 16
     #: Validation draws a data source and a stream kind that training never draws, and tasks
     #: longer than most training tasks: the optimizer must hold up beyond what it was meta-trained on.
     validation_family: Family = field(

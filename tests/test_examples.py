@@ -40,7 +40,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         r"^your file\s+\d\.\d{3}\s+[+-]\d\.\d{3}$",
     ),
     "meta_train_own_family.py": (
-        r"^meta-trained 2 iterations in \d+ s$",
+        r"^meta-trained 2 iterations \(4 problems\) in \d+ s$",
         r"^  Adam\s+\d\.\d{3} [+-]\d\.\d{3}$",
         r"^your optimizer\s+\d\.\d{3}\s+[+-]\d\.\d{3}$",
     ),
@@ -48,10 +48,16 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         r"^LTO \(.*\): accuracy matrix",
         r"^LTO\s+\d\.\d{3}\s+[+-]\d\.\d{3}\s+[+-]\d\.\d{3}$",
     ),
+    # The optax and torch front ends on the same stream, weights and batches: ACC within 0.01.
+    "optax_digits.py": (
+        r"^lto \(optax\)\s+\d\.\d{3}\s+[+-]\d\.\d{3}\s+[+-]\d\.\d{3}$",
+        r"^lto \(torch\)\s+\d\.\d{3}\s+[+-]\d\.\d{3}\s+[+-]\d\.\d{3}$",
+        r"^ACC, lto \(optax\) - lto \(torch\): [+-]0\.00\d ",
+    ),
 }
 
 #: Scripts that need an optional framework, and the module whose absence skips them.
-REQUIRES: dict[str, str] = {"keras_continual.py": "keras"}
+REQUIRES: dict[str, str] = {"keras_continual.py": "keras", "optax_digits.py": "optax"}
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

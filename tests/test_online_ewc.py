@@ -51,3 +51,21 @@ def test_running_fisher_is_the_decayed_sum_of_the_per_task_fishers_with_the_last
 def test_bad_gamma_is_named():
     with pytest.raises(ValueError, match="Invalid online EWC gamma: 1.5"):
         OnlineEWC(lam=1.0, gamma=1.5)
+
+
+def test_bench_cl_runs_online_ewc_with_its_gamma_and_records_it(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from lto_export.cli import main
+
+    args = ["bench", "cl", "--quick", "--iters", "20", "--seeds", "1", "--tasks", "2", "--optimizers", "adam,online-ewc",
+            "--online-ewc-gamma", "0.5", "--ewc-lambda", "10000", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["config"]["optimizers"]["online-ewc"] == {"lr": 1e-3, "base": "torch.optim.Adam", "ewc_lambda": 10000.0, "online_ewc_gamma": 0.5}
+    R = {r["optimizer"]: r["R"] for r in doc["records"]}
+    assert R["online-ewc"][0] == R["adam"][0]  # the same weights and batches; the penalty only acts after the boundary
+    assert R["online-ewc"][1] != R["adam"][1]

@@ -37,6 +37,33 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
+def draw_heatmaps(payload: dict[str, Any], cell: str, title: str, path: Path) -> None:
+    """Draw the mean matrix ``R`` of each optimizer side by side (``cell``: what ``R[i][j]`` is,
+    the x label), each panel titled with its ACC and BWT, into ``path``."""
+    plt = _pyplot()
+    groups = _by_optimizer(payload)
+    tasks = payload["config"]["tasks"]
+    count = len(groups)
+    fig, axes = plt.subplots(1, count, figsize=(3.2 * count + 0.8, 3.6), squeeze=False)
+    for ax, (name, records) in zip(axes[0], groups.items()):
+        R = np.mean([np.asarray(r["R"]) for r in records], axis=0)
+        image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
+        if tasks <= 10:
+            for i in range(tasks):
+                for j in range(tasks):
+                    ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if R[i, j] < 0.6 else "black")
+        stats = payload["summary"][name]
+        ax.set_title(f"{name}\nACC {stats['ACC']['mean']:.3f}  BWT {stats['BWT']['mean']:+.3f}", fontsize=9)
+        ax.set_xlabel(cell)
+        ax.set_xticks(range(tasks), [str(j + 1) for j in range(tasks)])
+        ax.set_yticks(range(tasks), [str(i + 1) for i in range(tasks)])
+    axes[0][0].set_ylabel("after training task i")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_cl(payload: dict[str, Any], out: Path) -> list[Path]:
     """Draw ``heatmaps.png`` (mean accuracy matrix ``R`` per optimizer, side by side),
     ``task_accuracy.png`` (test accuracy on each task over training, per optimizer) and
@@ -48,24 +75,8 @@ def plot_cl(payload: dict[str, Any], out: Path) -> list[Path]:
     count = len(groups)
     paths = [out / "heatmaps.png", out / "task_accuracy.png", out / "loss.png"]
 
-    fig, axes = plt.subplots(1, count, figsize=(3.2 * count + 0.8, 3.6), squeeze=False)
-    for ax, (name, records) in zip(axes[0], groups.items()):
-        R = np.mean([np.asarray(r["R"]) for r in records], axis=0)
-        image = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
-        if tasks <= 10:
-            for i in range(tasks):
-                for j in range(tasks):
-                    ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if R[i, j] < 0.6 else "black")
-        stats = payload["summary"][name]
-        ax.set_title(f"{name}\nACC {stats['ACC']['mean']:.3f}  BWT {stats['BWT']['mean']:+.3f}", fontsize=9)
-        ax.set_xlabel("accuracy on task j")
-        ax.set_xticks(range(tasks), [str(j + 1) for j in range(tasks)])
-        ax.set_yticks(range(tasks), [str(i + 1) for i in range(tasks)])
-    axes[0][0].set_ylabel("after training task i")
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.suptitle(f"R[i][j], mean over {config['seeds']} seed(s): {config['stream']} {config['data']}, {config['scenario']}-incremental", fontsize=10)
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    title = f"R[i][j], mean over {config['seeds']} seed(s): {config['stream']} {config['data']}, {config['scenario']}-incremental"
+    draw_heatmaps(payload, "accuracy on task j", title, paths[0])
 
     fig, axes = plt.subplots(1, count, figsize=(3.4 * count, 3.2), squeeze=False, sharey=True)
     for ax, (name, records) in zip(axes[0], groups.items()):
@@ -132,3 +143,79 @@ def plot_train(payload: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return [path]
+
+
+def plot_summary(payloads: list[dict[str, Any]], out: Path) -> Path:
+    """Draw ACC and BWT of several ``lto bench cl`` runs in one figure, the PNG ``out``.
+
+    One group of bars per run (its stream, data, scenario and model), one bar per optimizer
+    (mean over seeds, with a ± one standard deviation whisker when there are several), ACC
+    above and BWT below. Optimizers that a run did not include are left out of its group.
+    Returns ``out``.
+    """
+    plt = _pyplot()
+    names: list[str] = []
+    for payload in payloads:
+        names += [n for n in payload["summary"] if n not in names]
+    labels = [
+        f"{c['stream']} {c['data']}\n{c['scenario']}-incr., {c['arch']}\n{c['seeds']} seeds"
+        for c in (p["config"] for p in payloads)
+    ]
+    width = 0.8 / len(names)
+    # ACC above BWT, so the figure stays legible in a page's text column.
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 2.2 * len(payloads) + 2.0), 7.0))
+    for ax, metric in zip(axes, ("ACC", "BWT")):
+        for k, name in enumerate(names):
+            xs, means, stds = [], [], []
+            for i, payload in enumerate(payloads):
+                if name in payload["summary"]:
+                    stat = payload["summary"][name][metric]
+                    xs.append(i + (k - (len(names) - 1) / 2) * width)
+                    means.append(stat["mean"])
+                    stds.append(stat["std"])
+            ax.bar(xs, means, width, yerr=stds, capsize=2, label=name, hatch="//" if name.startswith("lto") else None, edgecolor="black", linewidth=0.4)
+        ax.set_xticks(range(len(payloads)), labels, fontsize=8)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_title(f"{metric} ({'final accuracy over all tasks, higher is better' if metric == 'ACC' else 'forgetting: closer to 0 is better'})", fontsize=9)
+    axes[0].set_ylim(0.0, 1.0)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.95))
+    handles, legend_labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, legend_labels, loc="upper center", ncol=len(names), fontsize=10, frameon=False)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def plot_knowledge(payload: dict[str, Any], out: Path) -> list[Path]:
+    """Draw ``heatmaps.png`` (mean recall matrix per optimizer) and ``knowledge.png`` (final
+    recall, BWT, perplexity and time per iteration per optimizer: bars of the mean over seeds,
+    whiskers of ± std); return their paths."""
+    plt = _pyplot()
+    config = payload["config"]
+    paths = [out / "heatmaps.png", out / "knowledge.png"]
+    draw_heatmaps(payload, "recall of task j's facts", f"recall R[i][j], mean over {config['seeds']} seed(s): GPT {config['size']}", paths[0])
+    panels = (
+        ("ACC", "final recall (ACC), higher is better"),
+        ("BWT", "BWT, below 0 is forgetting"),
+        ("perplexity", "perplexity of all tasks at the end"),
+        ("ms_per_iteration", "ms per training iteration"),
+    )
+    names = list(payload["summary"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
+    for ax, (key, label) in zip(axes, panels):
+        means = [payload["summary"][n][key]["mean"] for n in names]
+        stds = [payload["summary"][n][key]["std"] for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=[f"C{k}" for k in range(len(names))])
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+    fig.suptitle(
+        f"lto bench knowledge: {config['tasks']} tasks, GPT {config['size']}, {config['device']}, mean ± std over {config['seeds']} seed(s)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
