@@ -17,6 +17,16 @@ if TYPE_CHECKING:
 
 #: Optimizer names ``lto bench cl`` accepts, in the order the help lists them.
 CL_OPTIMIZERS = ("sgd", "adam", "ewc", "online-ewc", "si", "gated-adam", "lto", "lto-torch")
+#: ``lto bench cl --grid``: per method, the setting varied and its small grid (the default is one
+#: of the values). LTO has none: it runs untuned.
+CL_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "sgd": ("sgd_lr", (0.01, 0.03, 0.1)),
+    "adam": ("lr", (3e-4, 1e-3, 3e-3)),
+    "ewc": ("ewc_lambda", (1.0, 10.0, 100.0, 1000.0, 10000.0)),
+    "online-ewc": ("ewc_lambda", (1.0, 10.0, 100.0, 1000.0, 10000.0)),
+    "si": ("si_c", (0.01, 0.1, 1.0, 10.0)),
+    "gated-adam": ("gate_c", (0.5, 1.0, 2.0, 4.0, 8.0)),
+}
 #: ``lto bench train``: one task has no boundary, so EWC and gated Adam would equal Adam.
 TRAIN_OPTIMIZERS = ("sgd", "adam", "lto", "lto-torch")
 #: ``lto bench speed``: the step implementations timed side by side; ``adam`` is the reference.
@@ -239,9 +249,11 @@ def bench() -> None:
 @click.option("--si-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="SI penalty strength c (Zenke et al. 2017, split MNIST).")
 @click.option("--si-xi", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="SI damping xi.")
 @click.option("--gate-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="Gated Adam: step / (1 + c * importance).")
+@click.option("--grid", is_flag=True, help="Also run every baseline over its small grid of one setting and report its best-of-grid "
+              "(an oracle chosen on these same runs) beside its default; LTO runs untuned.")
 @_shared_options("sgd,adam,ewc,gated-adam,lto", CL_OPTIMIZERS)
 @click.option("--out", type=click.Path(file_okay=False), default="bench-results/cl", show_default=True, help="Directory for results.json, results.md and the plots.")
-def cl(stream, scenario, tasks, iters, ewc_lambda, online_ewc_gamma, si_c, si_xi, gate_c, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
+def cl(stream, scenario, tasks, iters, ewc_lambda, online_ewc_gamma, si_c, si_xi, gate_c, grid, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
     """Optimizers side by side on a continual-learning stream: ACC, BWT, FWT, curves, heatmaps.
 
     Within a seed every optimizer starts from the same weights and sees the same batches; the
@@ -265,8 +277,26 @@ def cl(stream, scenario, tasks, iters, ewc_lambda, online_ewc_gamma, si_c, si_xi
     _check_data(data, stream, scenario, tasks)
     notes = _lto_notes(names, onnx_path)
     set_torch_threads(threads)
-    methods = _methods(names, lr, sgd_lr, momentum, ewc_lambda, gate_c, onnx_path, threads, si_c, si_xi, online_ewc_gamma=online_ewc_gamma)
-    _run_reported(run_cl, config, methods, notes, config.seeds * len(names) * tasks * iters, "lto bench cl", out, resume)
+    values = dict(lr=lr, sgd_lr=sgd_lr, momentum=momentum, ewc_lambda=ewc_lambda, gate_c=gate_c, onnx_path=onnx_path, threads=threads,
+                  si_c=si_c, si_xi=si_xi, online_ewc_gamma=online_ewc_gamma)
+    methods = _methods(names, **values)
+    if grid:
+        methods.update(_grid_methods(names, values))
+    _run_reported(run_cl, config, methods, notes, config.seeds * len(methods) * tasks * iters, "lto bench cl", out, resume)
+
+
+def _grid_methods(names: list[str], values: dict[str, Any]) -> dict[str, Any]:
+    """``{"NAME@SETTING=VALUE": Method}`` for every grid value of :data:`CL_GRIDS` other than the
+    one ``values`` already runs as ``NAME``."""
+    methods = {}
+    for name in names:
+        if name not in CL_GRIDS:
+            continue
+        setting, grid = CL_GRIDS[name]
+        for value in grid:
+            if value != values[setting]:
+                methods[f"{name}@{setting}={value:g}"] = _methods([name], **{**values, setting: value})[name]
+    return methods
 
 
 @bench.command()

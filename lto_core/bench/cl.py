@@ -103,8 +103,14 @@ def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, pro
     }
 
 
+#: Separates a method from the setting of one of its grid runs: ``"ewc@ewc_lambda=1000"``.
+GRID_MARK = "@"
+
+
 def cl_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """The markdown table: one row per optimizer, mean ± std over seeds."""
+    """The markdown table: one row per optimizer at its settings, mean ± std over seeds; with grid
+    runs (names holding :data:`GRID_MARK`), a second table of each method's best-of-grid."""
+    defaults = {name: stats for name, stats in summary.items() if GRID_MARK not in name}
     rows = [
         [
             f"`{name}`",
@@ -113,9 +119,45 @@ def cl_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
             format_mean_std(stats["FWT"], signed=True),
             format_mean_std(stats["seconds"], digits=1),
         ]
-        for name, stats in summary.items()
+        for name, stats in defaults.items()
     ]
-    return markdown_table(["optimizer", "ACC", "BWT", "FWT", "train seconds"], rows)
+    table = markdown_table(["optimizer", "ACC", "BWT", "FWT", "train seconds"], rows)
+    best = best_of_grid(summary)
+    if not best:
+        return table
+    rows = [
+        [f"`{name}`", f"`{choice}`", format_mean_std(summary[choice]["ACC"]), format_mean_std(summary[choice]["BWT"], signed=True), grid]
+        for name, (choice, grid) in best.items()
+    ]
+    return (table + "\n\nBest of each method's grid by mean ACC (an oracle: chosen on these same runs, which a user does not have):\n\n"
+            + markdown_table(["optimizer", "best setting", "ACC", "BWT", "grid (mean ACC)"], rows))
+
+
+def best_of_grid(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, tuple[str, str]]:
+    """For each method with grid runs: the run (its default or a grid run) with the highest mean ACC,
+    and the grid as text, ``"setting=value: ACC, ..."`` with the default's setting shown as ``default``."""
+    out = {}
+    for name in (n for n in summary if GRID_MARK not in n):
+        runs = [name, *(n for n in summary if n.startswith(name + GRID_MARK))]
+        if len(runs) == 1:
+            continue
+        choice = max(runs, key=lambda n: summary[n]["ACC"]["mean"])
+        grid = ", ".join(f"{n.split(GRID_MARK, 1)[1] if GRID_MARK in n else 'default'}: {summary[n]['ACC']['mean']:.3f}" for n in runs)
+        out[name] = (choice, grid)
+    return out
+
+
+def _defaults_only(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` without the grid runs (the plots show each method at its settings)."""
+    return {
+        **payload,
+        "records": [r for r in payload["records"] if GRID_MARK not in r["optimizer"]],
+        "summary": {n: s for n, s in payload["summary"].items() if GRID_MARK not in n},
+    }
+
+
+def _plot_defaults(payload: dict[str, Any], out: Path) -> list[Path]:
+    return plot_cl(_defaults_only(payload), out)
 
 
 def run_cl(
@@ -151,7 +193,7 @@ def run_cl(
         metrics=METRICS,
         table=cl_table,
         heading=heading,
-        plot=plot_cl,
+        plot=_plot_defaults,
         resume=resume,
         progress=progress,
         notes=notes,
