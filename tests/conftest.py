@@ -20,6 +20,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: the models are tiny, and on a busy 2-core machine a second OpenMP
+    thread makes every element-wise op wait for a core. Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _export_pair(directory, graph, name: str, meta: dict):
     from lto_core.checkpoint import save_checkpoint
     from lto_export.onnx_export import export_onnx

@@ -22,14 +22,8 @@ from lto_core.streams import Stream, Task
 from lto_export.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: these models are tiny, and on a busy 2-core machine a second OpenMP
-    thread makes every element-wise op wait for a core. Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: These models are tiny: one torch thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ---------------------------------------------------------------------------------------------
 # GEM metrics (Lopez-Paz & Ranzato, 2017) on hand-made accuracy matrices

@@ -21,12 +21,8 @@ spec.loader.exec_module(gpu_check)
 needs_no_gpu = pytest.mark.skipif(gpu_check.no_gpu_reason() is None, reason="a usable GPU is here: the script runs its checks")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: These models are tiny: one torch thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @needs_no_gpu

@@ -30,12 +30,8 @@ from lto_export.bench_cli import KNOWLEDGE_SIZES
 from lto_export.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: These models are tiny: one torch thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _words(stream, row):

@@ -19,12 +19,8 @@ from lto_core.streams import make_stream
 from lto_export.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: These models are tiny: one torch thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sgd_steps(si: SI, model: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int):
