@@ -7,6 +7,7 @@ runners in :mod:`lto_core.bench` may not) and drives a tqdm progress bar.
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -16,7 +17,14 @@ if TYPE_CHECKING:
     import torch
 
 #: Optimizer names ``lto bench cl`` accepts, in the order the help lists them.
-CL_OPTIMIZERS = ("sgd", "adam", "ewc", "online-ewc", "si", "gated-adam", "lto", "lto-torch")
+CL_OPTIMIZERS = ("sgd", "adam", "ewc", "online-ewc", "si", "gated-adam", "upgd", "lto", "lto-torch")
+#: ``lto bench cl --no-boundaries``: the methods that only act at a task boundary, so are not run
+#: without one (``online-ewc`` runs its task-free variant, :class:`lto_core.baselines.TaskFreeOnlineEWC`).
+NEEDS_BOUNDARIES = ("ewc", "si", "gated-adam")
+#: ``lto bench cl``'s default ``--optimizers``.
+CL_DEFAULT_OPTIMIZERS = "sgd,adam,ewc,gated-adam,lto"
+#: ``lto bench cl --no-boundaries``'s default ``--optimizers``.
+CL_TASK_FREE_OPTIMIZERS = "sgd,adam,online-ewc,upgd,lto"
 #: ``lto bench cl --grid``: per method, the setting varied and its small grid (the default is one
 #: of the values). LTO has none: it runs untuned.
 CL_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -26,6 +34,7 @@ CL_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
     "online-ewc": ("ewc_lambda", (1.0, 10.0, 100.0, 1000.0, 10000.0)),
     "si": ("si_c", (0.01, 0.1, 1.0, 10.0)),
     "gated-adam": ("gate_c", (0.5, 1.0, 2.0, 4.0, 8.0)),
+    "upgd": ("upgd_lr", (0.01, 0.03, 0.1)),
 }
 #: ``lto bench train``: one task has no boundary, so EWC and gated Adam would equal Adam.
 TRAIN_OPTIMIZERS = ("sgd", "adam", "lto", "lto-torch")
@@ -75,14 +84,18 @@ def build_optimizer(
     onnx_path: str | None = None,
     threads: int = 0,
     providers: str | None = None,
+    upgd_lr: float = 0.03,
+    boundaries: str | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer called ``name`` over ``params``.
 
-    ``sgd`` uses ``sgd_lr`` and ``momentum``; every other method uses ``lr``: ``adam``, ``ewc``, ``online-ewc`` and
+    ``sgd`` uses ``sgd_lr`` and ``momentum``, ``upgd`` (:class:`lto_core.baselines.UPGD`, its other
+    settings at their defaults) ``upgd_lr``; every other method uses ``lr``: ``adam``, ``ewc``, ``online-ewc`` and
     ``si`` (their penalties come separately) are ``torch.optim.Adam``, ``adamw`` ``torch.optim.AdamW``, ``adam-foreach`` is
     ``Adam(foreach=True)``, ``gated-adam`` is :class:`lto_core.baselines.GatedAdam` with
     ``gate=gate_c``; ``lto``/``lto-onnx`` is ``LTO`` on onnxruntime (``onnx_path`` or the packaged
-    default file, with ``threads`` onnxruntime threads and onnxruntime ``providers``), ``lto-torch`` ``LTO(backend="torch")``. Module-level, so a
+    default file, with ``threads`` onnxruntime threads and onnxruntime ``providers``), ``lto-torch`` ``LTO(backend="torch")``;
+    ``boundaries``, when given (``"auto"`` for a stream without task boundaries), is passed to ``LTO``. Module-level, so a
     ``functools.partial`` of it pickles into the speed benchmark's memory probe.
     """
     import torch
@@ -99,12 +112,17 @@ def build_optimizer(
         from lto_core.baselines import GatedAdam
 
         return GatedAdam(params, lr=lr, gate=gate_c)
+    if name == "upgd":
+        from lto_core.baselines import UPGD
+
+        return UPGD(params, lr=upgd_lr)
     from lto_adapters.torch import LTO
 
+    task_free = {} if boundaries is None else {"boundaries": boundaries}
     if name in ("lto", "lto-onnx"):
-        return LTO(params, lr=lr, onnx_path=onnx_path, threads=threads, providers=providers)
+        return LTO(params, lr=lr, onnx_path=onnx_path, threads=threads, providers=providers, **task_free)
     if name == "lto-torch":
-        return LTO(params, lr=lr, backend="torch")
+        return LTO(params, lr=lr, backend="torch", **task_free)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -122,25 +140,37 @@ def _parse_names(value: str, allowed: tuple[str, ...], option: str) -> list[str]
 def _methods(
     names: list[str], lr: float, sgd_lr: float, momentum: float, ewc_lambda: float, gate_c: float, onnx_path: str | None, threads: int,
     si_c: float = 1.0, si_xi: float = 1e-3, providers: str | None = None, online_ewc_gamma: float = 1.0,
+    upgd_lr: float = 0.03, online_ewc_period: int = 100, no_boundaries: bool = False, batch_size: int = 32,
 ):
-    """``{name: Method}`` with the hyper-parameters each one really uses, for the records."""
-    from lto_core.baselines import EWC, SI, OnlineEWC
+    """``{name: Method}`` with the hyper-parameters each one really uses, for the records.
+
+    With ``no_boundaries``, ``online-ewc`` is :class:`lto_core.baselines.TaskFreeOnlineEWC`
+    (consolidating every ``online_ewc_period`` steps of ``batch_size`` examples) and LTO is built with ``boundaries="auto"``.
+    """
+    from lto_core.baselines import EWC, SI, UPGD, OnlineEWC, TaskFreeOnlineEWC
     from lto_core.bench import Method
 
     methods = {}
     for name in names:
         make = functools.partial(
             build_optimizer, name, lr=lr, sgd_lr=sgd_lr, momentum=momentum, gate_c=gate_c, onnx_path=onnx_path, threads=threads,
-            providers=providers,
+            providers=providers, upgd_lr=upgd_lr, boundaries="auto" if no_boundaries and name.startswith("lto") else None,
         )
         settings: dict[str, Any] = {"lr": sgd_lr, "momentum": momentum} if name == "sgd" else {"lr": lr}
         regularizer = None
         if name == "ewc":
             settings.update(base="torch.optim.Adam", ewc_lambda=ewc_lambda)
             regularizer = functools.partial(EWC, ewc_lambda)
+        elif name == "online-ewc" and no_boundaries:
+            settings.update(base="torch.optim.Adam", variant="task-free", ewc_lambda=ewc_lambda, online_ewc_gamma=online_ewc_gamma,
+                            online_ewc_period=online_ewc_period)
+            regularizer = functools.partial(TaskFreeOnlineEWC, ewc_lambda, online_ewc_gamma, online_ewc_period, batch_size)
         elif name == "online-ewc":
             settings.update(base="torch.optim.Adam", ewc_lambda=ewc_lambda, online_ewc_gamma=online_ewc_gamma)
             regularizer = functools.partial(OnlineEWC, ewc_lambda, online_ewc_gamma)
+        elif name == "upgd":
+            defaults = inspect.signature(UPGD).parameters
+            settings = {"lr": upgd_lr, **{k: defaults[k].default for k in ("beta_utility", "sigma", "weight_decay", "seed")}}
         elif name == "si":
             settings.update(base="torch.optim.Adam", si_c=si_c, si_xi=si_xi)
             regularizer = functools.partial(SI, si_c, si_xi)
@@ -151,6 +181,8 @@ def _methods(
         elif name.startswith("lto"):
             settings["backend"] = "torch" if name == "lto-torch" else "onnx"
             settings["file"] = "packaged default" if name == "lto-torch" or onnx_path is None else str(onnx_path)
+            if no_boundaries:
+                settings["boundaries"] = "auto"
         methods[name] = Method(make, regularizer, settings)
     return methods
 
@@ -208,12 +240,18 @@ def _run_reported(run: Callable, config: Any, methods: dict, notes: dict[str, An
     _report(payload, Path(out))
 
 
-def _shared_options(default_optimizers: str, allowed: tuple[str, ...]):
-    """Options ``cl`` and ``train`` share."""
+def _shared_options(default_optimizers: str, allowed: tuple[str, ...], task_free_optimizers: str | None = None):
+    """Options ``cl`` and ``train`` share; with ``task_free_optimizers``, ``--optimizers`` defaults to
+    ``None`` and the help names both defaults (the command picks one)."""
+    if task_free_optimizers is None:
+        optimizers = click.option("--optimizers", default=default_optimizers, show_default=True, help=f"Comma-separated, from: {', '.join(allowed)}.")
+    else:
+        optimizers = click.option("--optimizers", default=None, help=f"Comma-separated, from: {', '.join(allowed)}. "
+                                  f"[default: {default_optimizers}; --no-boundaries: {task_free_optimizers}]")
     options = [
         click.option("--data", default="digits", show_default=True, help="digits | mnist1d | gaussians | PATH.npz (x_train, y_train, x_test, y_test)."),
         click.option("--arch", type=click.Choice(["mlp", "cnn", "transformer"]), default="mlp", show_default=True),
-        click.option("--optimizers", default=default_optimizers, show_default=True, help=f"Comma-separated, from: {', '.join(allowed)}."),
+        optimizers,
         click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds 0..N-1; each gives every optimizer the same init and batches. [default: 3; --quick: 2]"),
         click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="Learning rate of Adam, EWC, SI, gated Adam and LTO."),
         click.option("--sgd-lr", type=click.FloatRange(min=0.0, min_open=True), default=0.03, show_default=True, help="Learning rate of SGD."),
@@ -245,24 +283,42 @@ def bench() -> None:
 @click.option("--tasks", type=click.IntRange(min=1), default=5, show_default=True, help="Tasks in the stream.")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps per task. [default: 300; --quick: 60]")
 @click.option("--ewc-lambda", type=click.FloatRange(min=0.0), default=100.0, show_default=True, help="EWC penalty strength lambda.")
-@click.option("--online-ewc-gamma", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True, help="Online EWC: decay of earlier tasks' Fisher (its lambda is --ewc-lambda).")
+@click.option("--online-ewc-gamma", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True, help="Online EWC: decay of earlier tasks' Fisher, or with --no-boundaries of earlier consolidations' (its lambda is --ewc-lambda).")
 @click.option("--si-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="SI penalty strength c (Zenke et al. 2017, split MNIST).")
 @click.option("--si-xi", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True, help="SI damping xi.")
 @click.option("--gate-c", type=click.FloatRange(min=0.0), default=1.0, show_default=True, help="Gated Adam: step / (1 + c * importance).")
+@click.option("--online-ewc-period", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Online EWC with --no-boundaries: steps between consolidations of its Fisher.")
+@click.option("--upgd-lr", type=click.FloatRange(min=0.0, min_open=True), default=0.03, show_default=True, help="Learning rate of UPGD.")
 @click.option("--grid", is_flag=True, help="Also run every baseline over its small grid of one setting and report its best-of-grid "
               "(an oracle chosen on these same runs) beside its default; LTO runs untuned.")
-@_shared_options("sgd,adam,ewc,gated-adam,lto", CL_OPTIMIZERS)
+@click.option("--no-boundaries", is_flag=True, help="Tell no method where a task ends (a task-free stream): ewc, si and gated-adam need "
+              "task boundaries and are not run, online-ewc consolidates every --online-ewc-period steps, LTO runs with "
+              "boundaries='auto'. Accuracy is still measured at every task's end.")
+@click.option("--gradual", type=click.IntRange(min=0), default=0, show_default=True, help="Steps over which each task blends into the "
+              "next: at step j < N of a task, each example comes from the previous task with probability 1 - j/N. 0: tasks switch at once.")
+@_shared_options(CL_DEFAULT_OPTIMIZERS, CL_OPTIMIZERS, task_free_optimizers=CL_TASK_FREE_OPTIMIZERS)
 @click.option("--out", type=click.Path(file_okay=False), default="bench-results/cl", show_default=True, help="Directory for results.json, results.md and the plots.")
-def cl(stream, scenario, tasks, iters, ewc_lambda, online_ewc_gamma, si_c, si_xi, gate_c, grid, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
+def cl(stream, scenario, tasks, iters, ewc_lambda, online_ewc_gamma, si_c, si_xi, gate_c, online_ewc_period, upgd_lr, grid, no_boundaries, gradual,
+       data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
     """Optimizers side by side on a continual-learning stream: ACC, BWT, FWT, curves, heatmaps.
 
     Within a seed every optimizer starts from the same weights and sees the same batches; the
-    task boundary is signalled to every method that uses one.
+    task boundary is signalled to every method that uses one, unless --no-boundaries.
     """
     from lto_core.bench import CLConfig, run_cl
 
-    names = _parse_names(optimizers, CL_OPTIMIZERS, "--optimizers")
+    default = CL_TASK_FREE_OPTIMIZERS if no_boundaries else CL_DEFAULT_OPTIMIZERS
+    names = _parse_names(optimizers or default, CL_OPTIMIZERS, "--optimizers")
+    if no_boundaries:
+        needing = [n for n in names if n in NEEDS_BOUNDARIES]
+        if needing:
+            raise click.BadParameter(
+                f"{', '.join(needing)} {'needs' if len(needing) == 1 else 'need'} task boundaries, which --no-boundaries withholds; drop it, or drop --no-boundaries "
+                "(online-ewc and upgd run without boundaries)", param_hint="--optimizers")
     iters = iters or (60 if quick else 300)
+    if gradual >= iters:
+        raise click.BadParameter(f"{gradual} steps of blending do not fit in a task of {iters} steps; use fewer than --iters", param_hint="--gradual")
     config = CLConfig(
         data=data,
         stream=stream,
@@ -273,16 +329,21 @@ def cl(stream, scenario, tasks, iters, ewc_lambda, online_ewc_gamma, si_c, si_xi
         seeds=seeds or (2 if quick else 3),
         batch_size=batch_size,
         eval_every=eval_every or max(1, iters // 10),
+        no_boundaries=no_boundaries,
+        gradual=gradual,
     )
     _check_data(data, stream, scenario, tasks)
     notes = _lto_notes(names, onnx_path)
     set_torch_threads(threads)
     values = dict(lr=lr, sgd_lr=sgd_lr, momentum=momentum, ewc_lambda=ewc_lambda, gate_c=gate_c, onnx_path=onnx_path, threads=threads,
-                  si_c=si_c, si_xi=si_xi, online_ewc_gamma=online_ewc_gamma)
+                  si_c=si_c, si_xi=si_xi, online_ewc_gamma=online_ewc_gamma, upgd_lr=upgd_lr, online_ewc_period=online_ewc_period,
+                  no_boundaries=no_boundaries, batch_size=batch_size)
     methods = _methods(names, **values)
     if grid:
         methods.update(_grid_methods(names, values))
-    _run_reported(run_cl, config, methods, notes, config.seeds * len(methods) * tasks * iters, "lto bench cl", out, resume)
+    not_run = {n: "needs task boundaries" for n in NEEDS_BOUNDARIES} if no_boundaries else {}
+    run = functools.partial(run_cl, not_run=not_run)
+    _run_reported(run, config, methods, notes, config.seeds * len(methods) * tasks * iters, "lto bench cl", out, resume)
 
 
 def _grid_methods(names: list[str], values: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,25 @@ def task_loss(model: nn.Module, task: Task, index: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(task.x_train[index])
     y = torch.from_numpy(task.y_train[index])
     return nn.functional.cross_entropy(masked_logits(model(x), task.classes), y)
+
+
+def mixed_task_loss(model: nn.Module, tasks: Sequence[Task], source: np.ndarray, index: np.ndarray) -> torch.Tensor:
+    """Mean cross-entropy of a batch drawn from several tasks: example ``k`` is training example
+    ``index[k]`` of ``tasks[source[k]]``, scored under its own task's output mask."""
+    sources = [int(t) for t in np.unique(source)]
+    shape = tasks[sources[0]].x_train.shape[1:]
+    x = np.empty((len(index), *shape), dtype=tasks[sources[0]].x_train.dtype)
+    y = np.empty(len(index), dtype=np.int64)
+    for t in sources:
+        rows = source == t
+        x[rows] = tasks[t].x_train[index[rows]]
+        y[rows] = tasks[t].y_train[index[rows]]
+    logits = model(torch.from_numpy(x))
+    masked = torch.empty_like(logits)
+    for t in sources:
+        rows = torch.from_numpy(source == t)
+        masked[rows] = masked_logits(logits[rows], tasks[t].classes)
+    return nn.functional.cross_entropy(masked, torch.from_numpy(y))
 
 
 @torch.no_grad()
@@ -75,17 +94,36 @@ def run_stream(
     penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     on_task_end: Callable[[nn.Module, Task], None] | None = None,
     on_step: Callable[[int, nn.Module], None] | None = None,
+    on_backward: Callable[[nn.Module], None] | None = None,
+    boundaries: bool = True,
+    blend: int = 0,
 ) -> StreamResult:
     """Train ``model`` for ``iters`` steps on each task in turn and fill the accuracy matrix.
 
-    After each task but the last, ``optimizer.task_boundary()`` is called when the optimizer has
-    one, and ``on_task_end(model, task)`` when given (EWC computes its Fisher there); ``penalty``
-    adds a regularizer to every training loss. Batches come from ``seed`` alone, so every
-    optimizer run with the same seed sees the same data in the same order.
+    With ``boundaries`` (the default), after each task but the last ``optimizer.task_boundary()``
+    is called when the optimizer has one, and ``on_task_end(model, task)`` when given (EWC computes
+    its Fisher there). With ``boundaries=False`` neither is ever called: nothing tells the method
+    where a task ends. Either way ``R`` is measured at the end of every task: evaluation is the
+    benchmark's, not the method's.
+
+    ``blend = N > 0`` makes the stream gradual: during the first ``N`` steps of every task after
+    the first, each example of the batch comes from the previous task with probability ``1 - j/N``
+    at step ``j = 0 .. N-1`` and from the current task otherwise, each scored under its own task's
+    output mask (:func:`mixed_task_loss`). ``blend = 0`` switches tasks at once.
+
+    ``penalty`` adds a regularizer to every training loss; ``on_backward(model)``, when given, is
+    called after every backward pass, before the optimizer step (a regularizer reading the
+    gradients). Batches come from ``seed`` alone, so every optimizer run with the same seed sees the
+    same data in the same order.
 
     ``on_step(steps, model)``, when given, is called after every optimizer step with the number
     of steps taken so far in the stream (evaluation curves); its time is left out of ``seconds``.
+
+    Raises:
+        ValueError: ``blend`` is negative or not smaller than ``iters``.
     """
+    if blend < 0 or (blend and blend >= iters):
+        raise ValueError(f"blend must be >= 0 and smaller than iters ({iters}), got {blend}: a blend into a task must end before the task does")
     rng = np.random.default_rng(seed)
     tasks = stream.tasks
     b = np.array([accuracy(model, t) for t in tasks])
@@ -94,13 +132,19 @@ def run_stream(
     callback_seconds = 0.0
     start = time.perf_counter()
     for i, task in enumerate(tasks):
-        for _ in range(iters):
+        for j in range(iters):
             index = rng.integers(0, len(task.x_train), size=batch_size)
             optimizer.zero_grad()
-            loss = task_loss(model, task, index)
+            if i > 0 and j < blend:
+                source, index = _blended_batch(rng, tasks, i, index, 1.0 - j / blend)
+                loss = mixed_task_loss(model, tasks, source, index)
+            else:
+                loss = task_loss(model, task, index)
             if penalty is not None:
                 loss = loss + penalty(model)
             loss.backward()
+            if on_backward is not None:
+                on_backward(model)
             optimizer.step()
             losses.append(float(loss.detach()))
             if on_step is not None:
@@ -108,9 +152,20 @@ def run_stream(
                 on_step(len(losses), model)
                 callback_seconds += time.perf_counter() - called
         R[i] = [accuracy(model, t) for t in tasks]
-        if i < len(tasks) - 1:
+        if boundaries and i < len(tasks) - 1:
             if on_task_end is not None:
                 on_task_end(model, task)
             if hasattr(optimizer, "task_boundary"):
                 optimizer.task_boundary()
     return StreamResult(R, b, losses, time.perf_counter() - start - callback_seconds)
+
+
+def _blended_batch(
+    rng: np.random.Generator, tasks: Sequence[Task], i: int, index: np.ndarray, previous_share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(source, index)`` of a batch of task ``i`` blended with task ``i - 1``: each example is
+    replaced, with probability ``previous_share``, by a random training example of task ``i - 1``."""
+    from_previous = rng.random(len(index)) < previous_share
+    previous_index = rng.integers(0, len(tasks[i - 1].x_train), size=len(index))
+    source = np.where(from_previous, i - 1, i)
+    return source, np.where(from_previous, previous_index, index)

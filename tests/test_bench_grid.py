@@ -34,6 +34,6 @@ def test_grid_runs_each_baselines_grid_and_reports_its_best_lto_untuned(tmp_path
 
 
 def test_every_grid_holds_its_methods_default():
-    defaults = {"sgd_lr": 0.03, "lr": 1e-3, "ewc_lambda": 100.0, "si_c": 1.0, "gate_c": 1.0}
+    defaults = {"sgd_lr": 0.03, "lr": 1e-3, "ewc_lambda": 100.0, "si_c": 1.0, "gate_c": 1.0, "upgd_lr": 0.03}
     for setting, grid in CL_GRIDS.values():
         assert defaults[setting] in grid

@@ -4,7 +4,9 @@ Within a seed every method trains a model with the same initial weights (``make_
 seed=seed)``) on the same stream with the same batches (``run_stream(..., seed=seed)``); only the
 optimizer (and, for EWC, its penalty) differs. Each run records the accuracy matrix ``R``, the
 init accuracies ``b``, GEM's ACC, BWT and FWT (:mod:`lto_core.metrics`), the per-step training
-loss, the accuracy on every task each ``eval_every`` steps, and the training wall time.
+loss, the accuracy on every task each ``eval_every`` steps, and the training wall time. With
+``no_boundaries`` no method is told where a task ends; the accuracy matrix is still measured at
+every task's end.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ METRICS = ("ACC", "BWT", "FWT", "seconds")
 
 @dataclass(frozen=True)
 class CLConfig:
-    """What to run: data, stream, scenario, model, tasks, steps per task, seeds, batch size and how
-    often (in steps) to evaluate every task for the accuracy-over-training curves."""
+    """What to run: data, stream, scenario, model, tasks, steps per task, seeds, batch size, how
+    often (in steps) to evaluate every task for the accuracy-over-training curves, whether the methods
+    are told where tasks end (``no_boundaries``: never) and over how many steps each task blends
+    into the next (``gradual``; 0: at once; see :func:`~lto_core.continual.run_stream`'s ``blend``)."""
 
     data: str = "digits"
     stream: str = "split"
@@ -47,6 +51,8 @@ class CLConfig:
     seeds: int = 3
     batch_size: int = 32
     eval_every: int = 30
+    no_boundaries: bool = False
+    gradual: int = 0
 
     def __post_init__(self) -> None:
         for name, value, choices in (("stream", self.stream, STREAMS), ("scenario", self.scenario, SCENARIOS), ("arch", self.arch, ARCHITECTURES)):
@@ -55,6 +61,8 @@ class CLConfig:
         for name in ("tasks", "iters", "seeds", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.gradual < self.iters:
+            raise ValueError(f"gradual must be >= 0 and smaller than iters ({self.iters}), got {self.gradual}")
 
 
 def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, progress: Progress | None = None) -> dict[str, Any]:
@@ -70,6 +78,8 @@ def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, pro
     model = make_model(config.arch, stream.input_shape, stream.num_outputs, seed=seed)
     optimizer = method.make_optimizer(list(model.parameters()))
     regularizer = method.make_regularizer() if method.make_regularizer is not None else None
+    on_task_end = getattr(regularizer, "on_task_end", None)
+    on_backward = getattr(regularizer, "on_backward", None)
     steps: list[int] = []
     curve: list[list[float]] = []
 
@@ -88,8 +98,11 @@ def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, pro
         batch_size=config.batch_size,
         seed=seed,
         penalty=None if regularizer is None else regularizer.penalty,
-        on_task_end=None if regularizer is None else regularizer.on_task_end,
+        on_task_end=on_task_end,
         on_step=on_step,
+        on_backward=on_backward,
+        boundaries=not config.no_boundaries,
+        blend=config.gradual,
     )
     return {
         "R": [rounded(row) for row in result.R],
@@ -147,6 +160,15 @@ def best_of_grid(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, t
     return out
 
 
+def not_run_text(not_run: dict[str, str]) -> str:
+    """``{"ewc": "needs task boundaries", "si": "needs task boundaries"}`` ->
+    ``"needs task boundaries: ewc, si (not run)"``, one sentence per reason; ``""`` for none."""
+    reasons: dict[str, list[str]] = {}
+    for name, why in not_run.items():
+        reasons.setdefault(why, []).append(name)
+    return "; ".join(f"{why}: {', '.join(names)} (not run)" for why, names in reasons.items())
+
+
 def _defaults_only(payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` without the grid runs (the plots show each method at its settings)."""
     return {
@@ -167,9 +189,14 @@ def run_cl(
     resume: bool = False,
     progress: Progress | None = None,
     notes: dict[str, Any] | None = None,
+    not_run: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; write ``results.json``, ``results.md``, ``heatmaps.png``,
-    ``task_accuracy.png`` and ``loss.png`` into ``out`` (see :func:`~lto_core.bench.common.run_benchmark`)."""
+    ``task_accuracy.png`` and ``loss.png`` into ``out`` (see :func:`~lto_core.bench.common.run_benchmark`).
+
+    ``not_run`` (``{method: why}``): methods left out of this run, recorded in the configuration
+    and said under the table (``needs task boundaries: ewc, si (not run)``).
+    """
 
     def prepare(seed: int) -> Stream:
         return make_stream(load_dataset(config.data, seed), config.stream, config.scenario, config.tasks, seed=seed)
@@ -177,13 +204,20 @@ def run_cl(
     def run_one(name: str, method: Method, seed: int, stream: Stream) -> dict[str, Any]:
         return run_cl_once(config, method, seed, stream, progress)
 
+    setting = ", no task boundaries" if config.no_boundaries else ""
+    setting += f", each task blending into the next over {config.gradual} steps" if config.gradual else ""
     heading = (
         f"`lto bench cl`: {config.stream} {config.data}, {config.scenario}-incremental, {config.tasks} tasks x "
-        f"{config.iters} steps, {config.arch}, {config.seeds} seed(s); mean ± std over seeds"
+        f"{config.iters} steps{setting}, {config.arch}, {config.seeds} seed(s); mean ± std over seeds"
     )
+    left_out = not_run_text(not_run or {})
+
+    def table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+        return cl_table(summary) + (f"\n{left_out}\n" if left_out else "")
+
     return run_benchmark(
         "cl",
-        asdict(config),
+        {**asdict(config), "not_run": dict(not_run or {})},
         methods,
         out,
         seeds=config.seeds,
@@ -191,7 +225,7 @@ def run_cl(
         prepare=prepare,
         run_one=run_one,
         metrics=METRICS,
-        table=cl_table,
+        table=table,
         heading=heading,
         plot=_plot_defaults,
         resume=resume,

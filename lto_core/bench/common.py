@@ -21,14 +21,20 @@ Progress = Callable[[int], None]
 
 
 class Regularizer(Protocol):
-    """A loss term with a task-boundary hook, as :class:`lto_core.baselines.EWC`."""
+    """A loss term with a task-boundary hook, as :class:`lto_core.baselines.EWC`.
+
+    A regularizer may also have ``on_backward(model)``, called after every backward pass, before
+    the optimizer step (:class:`lto_core.baselines.TaskFreeOnlineEWC` reads the gradients there);
+    the runners call it when it is there.
+    """
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """Added to every training loss."""
         ...
 
     def on_task_end(self, model: nn.Module, task: Task) -> None:
-        """Called when ``task`` is finished, before the next one starts."""
+        """Called when ``task`` is finished, before the next one starts (never on a stream run
+        without task boundaries)."""
         ...
 
 
