@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from lto_runtime import HYPER_NAMES, MAX_BATCH_WINDOWS, STATE_NAMES, OptimizerSession, StepEngine, hyper_row
+from lto_runtime.state import ENERGY_NAMES, check_boundaries
 
 #: Rows of the saved ``lto_counters`` array: each variable's counters, in this order.
 COUNTERS: tuple[str, ...] = ("step", "steps_since_boundary", "boundaries", "boundary_pending")
@@ -49,6 +50,9 @@ class LTO(keras.optimizers.Optimizer):
             else CPU) or a list. The providers in use are ``opt.runtime.providers``.
         max_batch_windows: windows per session call; bounds the step's extra memory.
         threads: onnxruntime intra-op threads (default 1; 0: onnxruntime's choice, one per physical core).
+        boundaries: ``"manual"`` (task boundaries where :meth:`task_boundary` is called, or the
+            :class:`TaskBoundary` callback) or ``"auto"`` (task-free: the optimizer also detects
+            shifts in the gradients itself; see :class:`lto_adapters.torch.LTO`).
         **kwargs: the base optimizer's arguments (``clipnorm``, ``global_clipnorm``, ``clipvalue``,
             ``use_ema``, ``loss_scale_factor``, ``gradient_accumulation_steps`` (torch backend
             only), ``name``).
@@ -59,7 +63,8 @@ class LTO(keras.optimizers.Optimizer):
     variables; ``opt.variables`` holds only Keras' ``iteration`` and ``learning_rate``.
     :meth:`save_own_variables` and :meth:`load_own_variables` write and read the engine state in
     Keras' weight store (keys ``lto_state_<i>``: ``[4, *shape]`` float32 per trainable variable;
-    ``lto_coefficients_<i>``: ``[tokens, 3]`` float32; ``lto_counters``: ``[4, variables]`` int64),
+    ``lto_coefficients_<i>``: ``[tokens, 3]`` float32; ``lto_counters``: ``[4, variables]`` int64;
+    ``lto_energy``: ``[2, variables]`` float32, the shift statistics of ``boundaries="auto"``),
     so ``model.save("m.keras")`` and ``keras.models.load_model`` resume exactly.
 
     Call :meth:`task_boundary` (or use the :class:`TaskBoundary` callback) when one task ends.
@@ -84,6 +89,7 @@ class LTO(keras.optimizers.Optimizer):
         providers: str | Sequence[str] | None = None,
         max_batch_windows: int = MAX_BATCH_WINDOWS,
         threads: int = 1,
+        boundaries: str = "manual",
         name: str = "lto",
         **kwargs: Any,
     ) -> None:
@@ -98,6 +104,8 @@ class LTO(keras.optimizers.Optimizer):
         hyper_row(learning_rate if isinstance(learning_rate, float) else 0.0, (beta_1, beta_2), epsilon, weight_decay)
         if max_batch_windows < 1:
             raise ValueError(f"Invalid max_batch_windows: {max_batch_windows}; must be >= 1")
+        #: ``"manual"`` or ``"auto"``.
+        self.boundaries = check_boundaries(boundaries)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         # Set after the base constructor, which would otherwise apply it as decoupled decay.
         self.weight_decay = float(weight_decay)
@@ -127,7 +135,7 @@ class LTO(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        kwargs = dict(max_batch_windows=self.max_batch_windows)
+        kwargs = dict(max_batch_windows=self.max_batch_windows, boundaries=self.boundaries)
         if keras.backend.backend() == "torch":
             from lto_runtime._torch_engine import build_engine
 
@@ -218,6 +226,7 @@ class LTO(keras.optimizers.Optimizer):
             providers=list(providers) if isinstance(providers, tuple) else providers,
             max_batch_windows=self.max_batch_windows,
             threads=self.threads,
+            boundaries=self.boundaries,
         )
         return config
 
@@ -234,6 +243,9 @@ class LTO(keras.optimizers.Optimizer):
         store[f"{STATE_KEY_PREFIX}counters"] = np.array(
             [[int(s[name]) for s in states] for name in COUNTERS], dtype=np.int64
         ).reshape(len(COUNTERS), len(states))
+        store[f"{STATE_KEY_PREFIX}energy"] = np.array(
+            [[s[name] for s in states] for name in ENERGY_NAMES], dtype=np.float32
+        ).reshape(len(ENERGY_NAMES), len(states))
 
     def load_own_variables(self, store: Any) -> None:
         """Restore what :meth:`save_own_variables` wrote; everything is checked before anything changes.
@@ -264,6 +276,11 @@ class LTO(keras.optimizers.Optimizer):
             raise ValueError(
                 f"saved {counters_key!r} has shape {counters.shape}; this optimizer has {count} variables, expected ({len(COUNTERS)}, {count})"
             )
+        # Saved before lto kept shift statistics: none, which restarts shift detection.
+        energy_key = f"{STATE_KEY_PREFIX}energy"
+        energy = np.asarray(store[energy_key]) if energy_key in keys else np.zeros((len(ENERGY_NAMES), count), np.float32)
+        if energy.shape != (len(ENERGY_NAMES), count):
+            raise ValueError(f"saved {energy_key!r} has shape {energy.shape}, expected ({len(ENERGY_NAMES)}, {count})")
         states = []
         for i, variable in enumerate(self._trainable_variables):
             key = f"{STATE_KEY_PREFIX}state_{i}"
@@ -279,6 +296,7 @@ class LTO(keras.optimizers.Optimizer):
             state["coefficients"] = np.asarray(store[coefficients])
             state.update({name: counters[c, i].item() for c, name in enumerate(COUNTERS)})
             state["boundary_pending"] = bool(state["boundary_pending"])
+            state.update({name: energy[e, i].item() for e, name in enumerate(ENERGY_NAMES)})
             states.append(state)
         checked = self.engine.check_states(states, [f"saved state of {v.path}" for v in self._trainable_variables])
         values = [self._saved_variable(store, keys, i, variable) for i, variable in enumerate(self.variables)]

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from lto_runtime import MAX_BATCH_WINDOWS, OptimizerSession, StepEngine, hyper_row
-from lto_runtime.state import check_state_dict_keys
+from lto_runtime.state import check_boundaries, check_state_dict_keys
 
 
 def _check_param(name: str, array: object) -> np.ndarray:
@@ -38,6 +38,9 @@ class LTO:
         providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA if available).
         max_batch_windows: windows per session call (bounds memory).
         threads: onnxruntime intra-op threads (default 1; 0: onnxruntime's choice, one per physical core).
+        boundaries: ``"manual"`` (task boundaries where :meth:`task_boundary` is called) or
+            ``"auto"`` (task-free: the optimizer also detects shifts in the gradients itself; see
+            :class:`lto_adapters.torch.LTO`).
 
     Examples:
         >>> params = {"w": np.zeros((3, 2), np.float32)}
@@ -58,14 +61,19 @@ class LTO:
         providers: str | Sequence[str] | None = None,
         max_batch_windows: int = MAX_BATCH_WINDOWS,
         threads: int = 1,
+        boundaries: str = "manual",
     ) -> None:
         if not isinstance(params, Mapping) or not params:
             raise ValueError("params must be a non-empty dict of name -> numpy array")
         self.params = {str(k): _check_param(str(k), v) for k, v in params.items()}
         hyper_row(lr, betas, eps, weight_decay)
+        #: ``"manual"`` or ``"auto"``.
+        self.boundaries = check_boundaries(boundaries)
         self.hyper = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         self.runtime = OptimizerSession(onnx_path, providers, threads)
-        self.engine = StepEngine(self.runtime, [p.shape for p in self.params.values()], max_batch_windows=max_batch_windows)
+        self.engine = StepEngine(
+            self.runtime, [p.shape for p in self.params.values()], max_batch_windows=max_batch_windows, boundaries=boundaries
+        )
 
     @property
     def lr(self) -> float:

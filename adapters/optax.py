@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from lto_runtime import MAX_BATCH_WINDOWS, STATE_NAMES, TOKEN_STATE_NAMES, OptimizerSession, StepEngine, hyper_row
-from lto_runtime.state import COUNTER_NAMES, TENSOR_STATE_KEYS
+from lto_runtime.state import COUNTER_NAMES, ENERGY_NAMES, TENSOR_STATE_KEYS, check_boundaries
 
 
 class LTOState(NamedTuple):
@@ -33,7 +33,8 @@ class LTOState(NamedTuple):
     Each field except ``count`` is a pytree with the parameters' structure. The slots are float32
     arrays of the parameter's shape; ``coefficients`` is ``[tokens, 3]`` float32 (the token
     network's ``gate_offset``, ``gate_slope`` and ``pull`` for each token of the parameter); the
-    counters are int32 scalars and ``boundary_pending`` a bool scalar.
+    counters are int32 scalars, ``boundary_pending`` a bool scalar and the shift statistics
+    float32 scalars.
     """
 
     count: jax.Array
@@ -56,6 +57,10 @@ class LTOState(NamedTuple):
     """Task boundaries consolidated so far."""
     boundary_pending: optax.Params
     """Whether the next step consolidates a task boundary (set by :func:`task_boundary`)."""
+    energy_short: optax.Params
+    """Short running average of the squared gradient norm since the last boundary (``boundaries="auto"``)."""
+    energy_long: optax.Params
+    """Long running average of the squared gradient norm since the last boundary (``boundaries="auto"``)."""
 
 
 def lto(
@@ -69,6 +74,7 @@ def lto(
     providers: str | Sequence[str] | None = None,
     max_batch_windows: int = MAX_BATCH_WINDOWS,
     threads: int = 1,
+    boundaries: str = "manual",
 ) -> optax.GradientTransformation:
     """The lto optimizer as an optax gradient transformation.
 
@@ -94,6 +100,9 @@ def lto(
         providers: onnxruntime providers (``None``: CPU; ``"auto"``: CUDA if available).
         max_batch_windows: windows per session call (bounds the step's memory).
         threads: onnxruntime intra-op threads (default 1; 0: onnxruntime's choice).
+        boundaries: ``"manual"`` (task boundaries where :func:`task_boundary` marks them) or
+            ``"auto"`` (task-free: the optimizer also detects shifts in the gradients itself,
+            see :class:`lto_adapters.torch.LTO`).
 
     Returns:
         ``optax.GradientTransformation(init, update)``. ``update(grads, state, params)`` needs
@@ -117,7 +126,8 @@ def lto(
     schedule = learning_rate if callable(learning_rate) else None
     hyper_row(1.0 if schedule else learning_rate, (b1, b2), eps, weight_decay)
     hyper = {"betas": (float(b1), float(b2)), "eps": float(eps), "weight_decay": float(weight_decay)}
-    host = _HostStep(OptimizerSession(onnx_path, providers, threads), max_batch_windows, hyper)
+    check_boundaries(boundaries)
+    host = _HostStep(OptimizerSession(onnx_path, providers, threads), max_batch_windows, hyper, boundaries)
 
     def init(params: optax.Params) -> LTOState:
         leaves = _checked_params(params)
@@ -135,6 +145,7 @@ def lto(
             coefficients=per_leaf(lambda i, leaf: jnp.zeros((engine.token_count(i), len(TOKEN_STATE_NAMES)), jnp.float32)),
             **counters,
             boundary_pending=per_leaf(lambda i, leaf: jnp.zeros((), bool)),
+            **{name: per_leaf(lambda i, leaf: jnp.zeros((), jnp.float32)) for name in ENERGY_NAMES},
         )
 
     def update(grads: optax.Updates, state: LTOState, params: optax.Params | None = None) -> tuple[optax.Updates, LTOState]:
@@ -210,8 +221,8 @@ class _HostStep:
     windows step only zero gradients and parameters) and one engine serves any number of states.
     """
 
-    def __init__(self, session: OptimizerSession, max_batch_windows: int, hyper: dict[str, Any]) -> None:
-        self.session, self.max_batch_windows, self.hyper = session, max_batch_windows, hyper
+    def __init__(self, session: OptimizerSession, max_batch_windows: int, hyper: dict[str, Any], boundaries: str) -> None:
+        self.session, self.max_batch_windows, self.hyper, self.boundaries = session, max_batch_windows, hyper, boundaries
         self._engines: dict[tuple[tuple[int, ...], ...], StepEngine] = {}
         # jax may call a callback from several threads (one per device); an engine's buffers are shared.
         self._lock = threading.Lock()
@@ -220,7 +231,9 @@ class _HostStep:
         """The engine for ``shapes`` (built on first use, when its layout gives the token counts)."""
         with self._lock:
             if shapes not in self._engines:
-                self._engines[shapes] = StepEngine(self.session, shapes, max_batch_windows=self.max_batch_windows)
+                self._engines[shapes] = StepEngine(
+                    self.session, shapes, max_batch_windows=self.max_batch_windows, boundaries=self.boundaries
+                )
             return self._engines[shapes]
 
     def step(
@@ -265,13 +278,13 @@ class _HostStep:
                 warnings.warn(f"lto: non-finite gradient or parameter in {[paths[i] for i in bad]}; step skipped, state unchanged", RuntimeWarning)
                 return skipped()
             stepped = [engine.tensor_state(i) for i in range(count)]
-        new_state = [s[name] for name in _FLOAT_FIELDS for s in stepped]
+        new_state = [np.asarray(s[name], np.float32) for name in _FLOAT_FIELDS for s in stepped]
         new_counters = np.array([[s[name] for s in stepped] for name in COUNTER_NAMES], np.int32)
         return outputs.pack(np, [*updates, *new_state]), new_counters, np.array([s["boundary_pending"] for s in stepped]), np.array(True)
 
 
 #: The float fields of a parameter's state, in the order they cross into the host step.
-_FLOAT_FIELDS: tuple[str, ...] = (*STATE_NAMES, "coefficients")
+_FLOAT_FIELDS: tuple[str, ...] = (*STATE_NAMES, "coefficients", *ENERGY_NAMES)
 #: Arrays with fewer elements than this cross into and out of the host step concatenated into one
 #: vector (jax's cost per array crossing exceeds copying them); larger ones cross as they are.
 _SMALL_ARRAY = 1 << 16
@@ -378,6 +391,7 @@ def _checked_state(state: Any, treedef: Any, params: list[Any], paths: list[str]
             "coefficients": ((engine.token_count(i), len(TOKEN_STATE_NAMES)), jnp.float32),
             **{name: ((), jnp.int32) for name in COUNTER_NAMES},
             "boundary_pending": ((), jnp.bool_),
+            **{name: ((), jnp.float32) for name in ENERGY_NAMES},
         }
         for name, (shape, dtype) in wants.items():
             leaf = records[name][i]

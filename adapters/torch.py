@@ -25,7 +25,7 @@ import torch
 
 from lto_runtime import MAX_BATCH_WINDOWS, OptimizerSession, StepEngine, StepFunction, hyper_row
 from lto_runtime._torch_engine import build_engine, local_shard, step_tensors
-from lto_runtime.state import check_state_dict_keys
+from lto_runtime.state import check_boundaries, check_state_dict_keys
 
 #: Execution strategies of the step: onnxruntime running an optimizer file, or the PyTorch step graph.
 BACKENDS = ("onnx", "torch")
@@ -157,6 +157,12 @@ class LTO(torch.optim.Optimizer):
         threads: onnxruntime intra-op threads for ``backend="onnx"`` (default 1, so onnxruntime
             does not compete with torch for cores; 0: onnxruntime's choice, one per physical core);
             the torch backend follows ``torch.set_num_threads``.
+        boundaries: ``"manual"`` (default): task boundaries are where :meth:`task_boundary` is
+            called. ``"auto"``: task-free use; the optimizer also marks a task boundary where the
+            gradients shift (their recent squared norm several times its level since the last
+            boundary, see :meth:`~lto_runtime.StepCounters.detect_shift`), and
+            :meth:`task_boundary` still works. Until a boundary is detected the step is exactly
+            Adam's, so stationary training stays Adam.
 
     Call :meth:`task_boundary` when one task ends and the next begins. NaN or Inf in a gradient
     (or in a parameter being stepped) skips the whole step, with a warning naming the tensor; float16, bfloat16 and float64
@@ -183,8 +189,10 @@ class LTO(torch.optim.Optimizer):
         providers: str | Sequence[str] | None = None,
         max_batch_windows: int = MAX_BATCH_WINDOWS,
         threads: int | None = None,
+        boundaries: str = "manual",
     ) -> None:
         hyper_row(lr, betas, eps, weight_decay)
+        check_boundaries(boundaries)
         if backend not in BACKENDS:
             raise ValueError(f"Invalid backend: {backend!r}; choose one of {BACKENDS}")
         if isinstance(max_batch_windows, bool) or not isinstance(max_batch_windows, int) or max_batch_windows < 1:
@@ -196,6 +204,8 @@ class LTO(torch.optim.Optimizer):
         self._hyper_keys: list[tuple | None] = []
         super().__init__(params, defaults)
         self.backend = backend
+        #: ``"manual"`` or ``"auto"`` (see the class docstring).
+        self.boundaries = boundaries
         self.max_batch_windows = max_batch_windows
         #: The step function: an :class:`~lto_runtime.OptimizerSession` (``backend="onnx"``; its
         #: ``providers`` are the onnxruntime providers in use) or the PyTorch step graph.
@@ -221,7 +231,10 @@ class LTO(torch.optim.Optimizer):
             a is b for a, b in zip(params, self._engine_params)
         ):
             return self._engine
-        engine = build_engine(self.runtime, params, max_batch_windows=self.max_batch_windows)
+        if self.boundaries == "auto" and any(local_shard(p) is not p for p in params):
+            # Each rank would judge shifts on its own shard, and the ranks' boundaries could differ.
+            raise ValueError("boundaries='auto' does not support sharded (DTensor) parameters yet; use boundaries='manual' and call task_boundary()")
+        engine = build_engine(self.runtime, params, max_batch_windows=self.max_batch_windows, boundaries=self.boundaries)
         if self._engine is not None:
             old = {id(p): i for i, p in enumerate(self._engine_params)}
             for i, p in enumerate(params):
@@ -301,8 +314,9 @@ class LTO(torch.optim.Optimizer):
 
         Each stepped parameter's state holds float32 tensors ``exp_avg``, ``exp_avg_sq``,
         ``log_importance``, ``anchor`` of the parameter's shape and ``coefficients``
-        ``[tokens, 3]``, the ints ``step``, ``steps_since_boundary``, ``boundaries`` and the bool
-        ``boundary_pending``. They are copies taken now; loading them resumes exactly.
+        ``[tokens, 3]``, the ints ``step``, ``steps_since_boundary``, ``boundaries``, the bool
+        ``boundary_pending`` and the floats ``energy_short``, ``energy_long`` (shift statistics of
+        ``boundaries="auto"``). They are copies taken now; loading them resumes exactly.
         """
         self._sync_engine()
         return super().state_dict()

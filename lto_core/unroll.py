@@ -70,11 +70,13 @@ class UnrolledLTO:
         eps: Adam's denominator term.
         weight_decay: L2 weight decay, added to the gradient.
         copies: the number of stacked copies.
+        boundaries: ``"manual"`` (boundaries only where :meth:`task_boundary` marks them) or
+            ``"auto"`` (each copy also detects its own task shifts, as the runtime does).
     """
 
     def __init__(self, graph: StepGraph, shapes: Sequence[tuple[int, ...]], lr: float | Sequence[float],
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 copies: int = 1) -> None:
+                 copies: int = 1, boundaries: str = "manual") -> None:
         self.graph = graph
         config = graph.config
         self.packer = WindowPacker(shapes, config.window, config.chunk, copies)
@@ -86,7 +88,9 @@ class UnrolledLTO:
             raise ValueError(f"lr has {len(rates)} entries for {copies} copies; give one per copy or a single float")
         rows = np.stack([hyper_row(r, betas, eps, weight_decay) for r in rates])
         self.hyper = np.tile(rows, (len(self.packer.shapes), 1))
-        self.counters = StepCounters(len(self.packer.layout.shapes), config.refresh_every)
+        tensors = len(self.packer.layout.shapes)
+        # Copy p of every tensor is one problem: shifts are judged per copy (tensors are laid out copy-minor).
+        self.counters = StepCounters(tensors, config.refresh_every, boundaries, groups=np.arange(tensors) % copies)
         self._owner = self.packer.layout.window_tensor()
 
     def task_boundary(self) -> None:
@@ -100,7 +104,11 @@ class UnrolledLTO:
         coefficients get them first, so the update already uses them.
         """
         active = np.ones(len(self.packer.layout.shapes), dtype=bool)
-        scalars, boundary, refresh = self.counters.advance(active, self.hyper)
+        energies = None
+        if self.counters.auto:
+            # |g|^2 of every copy of every tensor, in layout order (tensor by tensor, copy by copy).
+            energies = torch.cat([g.detach().reshape(self.packer.copies, -1).double().square().sum(1) for g in grads]).numpy()
+        scalars, boundary, refresh = self.counters.advance(active, self.hyper, energies)
         none = torch.zeros(0)
         inputs = {
             "grad": self.packer.pack([g.detach() for g in grads]),

@@ -66,6 +66,15 @@ class TorchBuffers:
         finite = torch.stack([a.sum().isfinite() for _, a in present]).tolist()
         return [i for (i, a), ok in zip(present, finite) if not ok and not bool(torch.isfinite(a).all())]
 
+    def energies(self, arrays: Sequence[torch.Tensor | None]) -> np.ndarray:
+        """``sum(a^2)`` of each tensor as float64, ``0`` for ``None`` entries; one device-to-host read."""
+        present = [(i, a) for i, a in enumerate(arrays) if a is not None]
+        out = np.zeros(len(arrays))
+        if present:
+            norms = torch.stack([torch.linalg.vector_norm(a, dtype=torch.float32) for _, a in present]).double().square()
+            out[[i for i, _ in present]] = norms.cpu().numpy()
+        return out
+
     def synchronize(self) -> None:
         """Wait for torch's CUDA stream: onnxruntime reads the buffers on a stream of its own."""
         if self.device.type == "cuda":
@@ -88,16 +97,18 @@ def resident_device(step_function: StepFunction, params: Sequence[torch.Tensor])
     return device if device.type == "cuda" and CUDA in step_function.providers else None
 
 
-def build_engine(step_function: StepFunction, params: Sequence[torch.Tensor], *, max_batch_windows: int) -> StepEngine:
-    """A :class:`~lto_runtime.StepEngine` for ``params``, on their device when
-    :func:`resident_device` allows it, else in host memory."""
+def build_engine(
+    step_function: StepFunction, params: Sequence[torch.Tensor], *, max_batch_windows: int, boundaries: str = "manual"
+) -> StepEngine:
+    """A :class:`~lto_runtime.StepEngine` for ``params`` (``boundaries``: see the engine), on their
+    device when :func:`resident_device` allows it, else in host memory."""
     device = resident_device(step_function, params)
     shapes = [tuple(local_shard(p).shape) for p in params]
     if device is None:
-        return StepEngine(step_function, shapes, max_batch_windows=max_batch_windows)
+        return StepEngine(step_function, shapes, max_batch_windows=max_batch_windows, boundaries=boundaries)
     if isinstance(step_function, OptimizerSession):
         step_function = step_function.on_device("cuda", device.index or 0)
-    return StepEngine(step_function, shapes, max_batch_windows=max_batch_windows, buffers=TorchBuffers(device))
+    return StepEngine(step_function, shapes, max_batch_windows=max_batch_windows, buffers=TorchBuffers(device), boundaries=boundaries)
 
 
 @torch.no_grad()

@@ -67,6 +67,9 @@ class Buffers(Protocol):
     def nonfinite(self, arrays: Sequence[Any]) -> list[int]:
         """Indices of the arrays (``None`` entries skipped) holding NaN or Inf."""
 
+    def energies(self, arrays: Sequence[Any]) -> np.ndarray:
+        """``sum(a^2)`` of each array as float64, ``0`` for ``None`` entries (arrays already finite)."""
+
     def synchronize(self) -> None:
         """Wait for pending writes to the buffers (before onnxruntime reads them on its own stream)."""
 
@@ -101,6 +104,15 @@ class HostBuffers:
                 if a is not None and not np.isfinite(a.sum(dtype=np.float32 if a.dtype == np.float16 else None)) and not np.isfinite(a).all()
             ]
 
+    def energies(self, arrays: Sequence[np.ndarray | None]) -> np.ndarray:
+        """``sum(a^2)`` of each array as float64 (one read pass each), ``0`` for ``None`` entries."""
+        out = np.zeros(len(arrays))
+        for i, a in enumerate(arrays):
+            if a is not None:
+                flat = a.reshape(-1).astype(np.float32, copy=False)
+                out[i] = float(np.dot(flat, flat))
+        return out
+
     def synchronize(self) -> None:
         """Nothing to wait for: host arrays are written synchronously."""
 
@@ -129,6 +141,9 @@ class StepEngine:
         max_batch_windows: windows per step-function call; bounds memory.
         buffers: where the window buffers and the state live (default :class:`HostBuffers`); the
             step function must read and write buffers there.
+        boundaries: ``"manual"`` (task boundaries only where :meth:`task_boundary` marks them) or
+            ``"auto"`` (also where the engine detects a shift in the gradients, see
+            :meth:`~lto_runtime.StepCounters.detect_shift`).
     """
 
     def __init__(
@@ -138,6 +153,7 @@ class StepEngine:
         *,
         max_batch_windows: int = MAX_BATCH_WINDOWS,
         buffers: Buffers | None = None,
+        boundaries: str = "manual",
     ) -> None:
         if isinstance(max_batch_windows, bool) or not isinstance(max_batch_windows, (int, np.integer)) or max_batch_windows < 1:
             raise ValueError(f"Invalid max_batch_windows: {max_batch_windows!r}; must be an int >= 1")
@@ -148,7 +164,7 @@ class StepEngine:
         self.layout = TokenLayout(tuple(tuple(s) for s in shapes), window, chunk)
         self.chunks: tuple[Chunk, ...] = self.layout.chunks(max_batch_windows)
         #: Step counts and boundary flags of every tensor.
-        self.counters = StepCounters(len(self.layout.shapes), step_function.refresh_every)
+        self.counters = StepCounters(len(self.layout.shapes), step_function.refresh_every, boundaries)
         context = self.layout.context()
         self._ctx = [self.buffers.upload(context[c.window_ids]) for c in self.chunks]
         most = max((c.windows for c in self.chunks), default=0)
@@ -201,7 +217,8 @@ class StepEngine:
         if nonfinite:
             return nonfinite
         active = np.array([g is not None for g in grads], dtype=bool)
-        scalars, boundary, refresh = self.counters.advance(active, hyper)
+        energies = self.buffers.energies(grads) if self.counters.auto else None
+        scalars, boundary, refresh = self.counters.advance(active, hyper, energies)
         flat_grads = [None if g is None else flat_view(g) for g in grads]
         flat_params = [flat_view(p) for p in params]
         for k, chunk in enumerate(self.chunks):
@@ -319,10 +336,11 @@ class StepEngine:
         """Tokens of tensor ``index`` (padding tokens included): ``windows * W``."""
         return int(self.layout.window_counts[index]) * self.layout.window
 
-    def tensor_state(self, index: int) -> dict[str, np.ndarray | int | bool]:
+    def tensor_state(self, index: int) -> dict[str, np.ndarray | int | bool | float]:
         """State of tensor ``index`` (copies): each slot of :data:`STATE_NAMES` as a float32 array of
         the tensor's shape, ``coefficients`` ``[tokens, len(TOKEN_STATE_NAMES)]``, the counters
-        ``step``, ``steps_since_boundary``, ``boundaries`` and the bool ``boundary_pending``."""
+        ``step``, ``steps_since_boundary``, ``boundaries``, the bool ``boundary_pending`` and the
+        shift statistics ``energy_short``, ``energy_long`` (floats; zero unless ``boundaries="auto"``)."""
         shape, numel = self.layout.shapes[index], self.layout.numels[index]
         slots = np.zeros((len(STATE_NAMES), numel), np.float32)
         coefficients = np.zeros((self.token_count(index), len(TOKEN_STATE_NAMES)), np.float32)
@@ -336,7 +354,7 @@ class StepEngine:
             tokens = self.buffers.download(state["coefficients"][first : first + windows]).reshape(-1, len(TOKEN_STATE_NAMES))
             start = piece.start // self.layout.window_elements * w
             coefficients[start : start + len(tokens)] = tokens
-        out: dict[str, np.ndarray | int | bool] = {n: slots[i].reshape(shape) for i, n in enumerate(STATE_NAMES)}
+        out: dict[str, np.ndarray | int | bool | float] = {n: slots[i].reshape(shape) for i, n in enumerate(STATE_NAMES)}
         out["coefficients"] = coefficients
         out.update(self.counters.record(index))
         return out

@@ -1,14 +1,15 @@
 """The optimizer state outside the step graph: step counters, and one tensor's state as a record.
 
-:class:`StepCounters` is the one place that counts steps and task boundaries and turns them into
-the per-tensor scalar rows the step reads; the runtime's engine and meta-training's unroll both use
-it. :func:`check_tensor_state` is the one validator of a tensor's saved state, which every front
-end's ``load_state_dict`` goes through before anything is written.
+:class:`StepCounters` is the one place that counts steps and task boundaries (those the user marks
+and, with ``boundaries="auto"``, those it detects itself) and turns them into the per-tensor scalar
+rows the step reads; the runtime's engine and meta-training's unroll both use it.
+:func:`check_tensor_state` is the one validator of a tensor's saved state, which every front end's
+``load_state_dict`` goes through before anything is written.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -16,10 +17,25 @@ from lto_runtime.format import HYPER_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
 
 #: Integer counters of one tensor's state record.
 COUNTER_NAMES: tuple[str, ...] = ("step", "steps_since_boundary", "boundaries")
+#: Float statistics of one tensor's state record: the short and long running averages of its squared
+#: gradient norm since the last task boundary, from which ``boundaries="auto"`` detects task shifts.
+ENERGY_NAMES: tuple[str, ...] = ("energy_short", "energy_long")
+#: How task boundaries are known: ``"manual"``, the user calls ``task_boundary()`` where a task ends;
+#: ``"auto"``, the optimizer also detects them itself (see :class:`StepCounters`).
+BOUNDARY_MODES: tuple[str, ...] = ("manual", "auto")
+#: Shift detection of ``boundaries="auto"`` (see :meth:`StepCounters.advance`): decay of the short
+#: and long averages of each tensor's squared gradient norm, the ratio of the two that marks a
+#: shift, and the steps after a boundary before another can be detected. Set by hand on recorded
+#: digits and synthetic streams (no MNIST-family data): with these, shifts after which the model's
+#: loss jumps are found within a few steps, and plain training at ``lr=1e-3`` shows none.
+SHIFT_SHORT_DECAY = 0.8
+SHIFT_LONG_DECAY = 0.998
+SHIFT_RATIO = 4.0
+SHIFT_WARMUP = 50
 _COUNTER_MAX = int(np.iinfo(np.int64).max)  # counters are held as int64
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # the step reads hyper-parameters as float32
 #: Every key of one tensor's state record (see :meth:`StepEngine.tensor_state`).
-TENSOR_STATE_KEYS: tuple[str, ...] = (*STATE_NAMES, "coefficients", *COUNTER_NAMES, "boundary_pending")
+TENSOR_STATE_KEYS: tuple[str, ...] = (*STATE_NAMES, "coefficients", *COUNTER_NAMES, "boundary_pending", *ENERGY_NAMES)
 
 
 def hyper_row(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> np.ndarray:
@@ -58,29 +74,60 @@ def _check_real(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a real scalar, got {type(value).__name__} {value!r}")
 
 
+def check_boundaries(boundaries: Any) -> str:
+    """``boundaries`` if it is one of :data:`BOUNDARY_MODES`.
+
+    Raises:
+        ValueError: naming the value and both modes.
+    """
+    if not isinstance(boundaries, str) or boundaries not in BOUNDARY_MODES:
+        raise ValueError(
+            f"Invalid boundaries: {boundaries!r}; use 'manual' (call task_boundary() where each task ends) or "
+            "'auto' (the optimizer also detects task shifts from the gradients itself)"
+        )
+    return boundaries
+
+
 class StepCounters:
-    """Step counts and task-boundary flags of ``count`` tensors.
+    """Step counts, task-boundary flags and shift statistics of ``count`` tensors.
 
     A tensor is stepped only when it has a gradient, so each keeps its own counts: ``step`` (Adam's
     ``t``), ``steps_since_boundary``, ``boundaries`` (task boundaries consolidated so far) and
     whether its next step consolidates one.
+
+    With ``boundaries="auto"`` the counters also detect task shifts (:meth:`advance`) and mark them
+    as task boundaries for every tensor of the same ``group`` (default: all tensors form one group,
+    one model; meta-training steps many problems at once, one group each).
     """
 
-    def __init__(self, count: int, refresh_every: int) -> None:
+    def __init__(self, count: int, refresh_every: int, boundaries: str = "manual", groups: Sequence[int] | None = None) -> None:
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
         self.refresh_every = refresh_every
+        self.auto = check_boundaries(boundaries) == "auto"
+        self.groups = np.zeros(count, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+        if self.groups.shape != (count,):
+            raise ValueError(f"groups must give one group per tensor ({count}), got shape {self.groups.shape}")
         self.step = np.zeros(count, dtype=np.int64)
         self.steps_since_boundary = np.zeros(count, dtype=np.int64)
         self.boundaries = np.zeros(count, dtype=np.int64)
         self.boundary_pending = np.zeros(count, dtype=bool)
+        # float32, as every front end stores them, so a state saved and loaded resumes exactly.
+        self.energy_short = np.zeros(count, dtype=np.float32)
+        self.energy_long = np.zeros(count, dtype=np.float32)
 
     def task_boundary(self) -> None:
         """Each tensor's next step consolidates importance and re-anchors."""
         self.boundary_pending[:] = True
 
-    def advance(self, active: np.ndarray, hyper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def advance(
+        self, active: np.ndarray, hyper: np.ndarray, energies: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Count one step of the ``active`` tensors.
+
+        ``energies`` (required with ``boundaries="auto"``, else ignored) are the squared norms
+        ``|g|^2`` of this step's gradients, one per tensor; :meth:`detect_shift` reads them first,
+        so a shift found on this step makes it a task boundary.
 
         Returns:
             ``(scalars, boundary, refresh)``: the scalar rows ``[count, len(SCALAR_NAMES)]`` of the
@@ -90,6 +137,10 @@ class StepCounters:
             ``refresh_every`` steps after it.
         """
         hyper = np.asarray(hyper, dtype=np.float64).reshape(len(active), len(HYPER_NAMES))
+        if self.auto:
+            if energies is None:
+                raise ValueError("boundaries='auto' needs the squared gradient norms of the step (energies)")
+            self.detect_shift(active, np.asarray(energies, dtype=np.float64))
         boundary = (self.boundary_pending | (self.step == 0)) & active
         self.boundaries += self.boundary_pending & active
         self.step[active] += 1
@@ -101,18 +152,53 @@ class StepCounters:
         scalars = np.concatenate([hyper, np.stack(columns, axis=1)], axis=1).astype(np.float32)
         return scalars, boundary, refresh
 
-    def record(self, index: int) -> dict[str, int | bool]:
-        """Tensor ``index``'s counters as plain Python values."""
+    def detect_shift(self, active: np.ndarray, energies: np.ndarray) -> None:
+        """Update the shift statistics with this step's ``energies`` ``|g|^2`` and mark a task
+        boundary in every group whose gradients have shifted.
+
+        Per tensor, over the ``k`` steps since its last boundary (the boundary's own step left out),
+        ``s <- a s + (1 - a) |g|^2`` and ``l <- b l + (1 - b) |g|^2`` with ``a`` =
+        :data:`SHIFT_SHORT_DECAY` and ``b`` = :data:`SHIFT_LONG_DECAY`, and the bias-corrected
+        ratio ``r = (s / (1 - a^k)) / (l / (1 - b^k))``: the recent squared gradient norm against
+        its level since the boundary. Within a task ``r`` stays near or below 1 (the loss falls,
+        and with it the gradients); when the data shifts to a task the model has not learned,
+        the gradients grow several-fold within a few steps. A group shifts when the median ``r``
+        over its active tensors that have seen at least :data:`SHIFT_WARMUP` steps since the
+        boundary exceeds :data:`SHIFT_RATIO`. A step that is a boundary anyway (marked by the
+        user, or a tensor's first) restarts the tensor's statistics instead.
+        """
+        starting = self.boundary_pending | (self.step == 0)
+        updating = active & ~starting
+        k = self.steps_since_boundary.astype(np.float64)
+        energy = np.minimum(energies, _FLOAT32_MAX)
+        for name, decay in (("energy_short", SHIFT_SHORT_DECAY), ("energy_long", SHIFT_LONG_DECAY)):
+            average = getattr(self, name)
+            average[updating] = (decay * average + (1.0 - decay) * energy)[updating]
+            average[starting & active] = 0.0
+        short = self.energy_short / (1.0 - SHIFT_SHORT_DECAY ** np.maximum(k, 1.0))
+        long = self.energy_long / (1.0 - SHIFT_LONG_DECAY ** np.maximum(k, 1.0))
+        eligible = updating & (k >= SHIFT_WARMUP) & (long > 0)
+        for group in np.unique(self.groups[eligible]):
+            members = eligible & (self.groups == group)
+            if np.median(short[members] / long[members]) > SHIFT_RATIO:
+                in_group = self.groups == group
+                self.boundary_pending[in_group] = True
+                self.energy_short[in_group] = self.energy_long[in_group] = 0.0
+
+    def record(self, index: int) -> dict[str, int | bool | float]:
+        """Tensor ``index``'s counters and shift statistics as plain Python values."""
         return {
             "step": int(self.step[index]),
             "steps_since_boundary": int(self.steps_since_boundary[index]),
             "boundaries": int(self.boundaries[index]),
             "boundary_pending": bool(self.boundary_pending[index]),
+            "energy_short": float(self.energy_short[index]),
+            "energy_long": float(self.energy_long[index]),
         }
 
     def restore(self, index: int, record: Mapping[str, Any]) -> None:
         """Inverse of :meth:`record` (``record`` already checked by :func:`check_tensor_state`)."""
-        for name in COUNTER_NAMES:
+        for name in (*COUNTER_NAMES, *ENERGY_NAMES):
             getattr(self, name)[index] = record[name]
         self.boundary_pending[index] = record["boundary_pending"]
 
@@ -122,15 +208,17 @@ def check_tensor_state(state: Any, shape: tuple[int, ...], tokens: int, where: s
 
     ``state`` holds every key of :data:`TENSOR_STATE_KEYS`: each slot of :data:`STATE_NAMES` with
     the tensor's ``shape``, ``coefficients`` ``[tokens, len(TOKEN_STATE_NAMES)]``, non-negative
-    integer counters and the bool ``boundary_pending``. Arrays may be NumPy arrays or tensors with
-    ``numpy()`` (copied to host). Nothing is written anywhere; ``where`` names the entry in errors.
+    integer counters, the bool ``boundary_pending`` and the non-negative shift statistics of
+    :data:`ENERGY_NAMES` (optional: a state saved before they existed loads with zeros, which
+    restarts shift detection). Arrays may be NumPy arrays or tensors with ``numpy()`` (copied to
+    host). Nothing is written anywhere; ``where`` names the entry in errors.
 
     Raises:
         ValueError: naming ``where``, the key and what was expected.
     """
     if not isinstance(state, Mapping):
         raise ValueError(f"{where} must be a dict of state, got {type(state).__name__}")
-    missing = [k for k in TENSOR_STATE_KEYS if k not in state]
+    missing = [k for k in TENSOR_STATE_KEYS if k not in state and k not in ENERGY_NAMES]
     unknown = [k for k in state if k not in TENSOR_STATE_KEYS]
     if missing or unknown:
         raise ValueError(
@@ -159,6 +247,15 @@ def check_tensor_state(state: Any, shape: tuple[int, ...], tokens: int, where: s
     if not isinstance(state["boundary_pending"], (bool, np.bool_)):
         raise ValueError(f"{where}['boundary_pending'] must be a bool, got {state['boundary_pending']!r}")
     out["boundary_pending"] = bool(state["boundary_pending"])
+    for key in ENERGY_NAMES:
+        value = state.get(key, 0.0)
+        try:
+            _check_real(f"{where}[{key!r}]", value)
+        except TypeError as err:
+            raise ValueError(str(err)) from None
+        if not 0.0 <= float(value) <= _FLOAT32_MAX:
+            raise ValueError(f"{where}[{key!r}] must be a finite number >= 0, got {value!r}")
+        out[key] = float(np.float32(value))
     return out
 
 
