@@ -362,9 +362,12 @@ def _grid_methods(names: list[str], values: dict[str, Any]) -> dict[str, Any]:
 
 @bench.command()
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps. [default: 1000; --quick: 100]")
+@click.option("--no-boundaries", is_flag=True, help=(
+    "Run LTO in task-free mode (boundaries='auto'): one task has no boundaries, so any it marks is false; "
+    "the table gains the count."))
 @_shared_options("sgd,adam,lto", TRAIN_OPTIMIZERS)
 @click.option("--out", type=click.Path(file_okay=False), default="bench-results/train", show_default=True, help="Directory for results.json, results.md and curves.png.")
-def train(iters, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
+def train(iters, no_boundaries, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size, eval_every, onnx_path, resume, quick, threads, out) -> None:
     """Plain single-task training (all classes, one task): loss and accuracy curves and final figures."""
     from lto_core.bench import TrainConfig, run_train
 
@@ -377,11 +380,12 @@ def train(iters, data, arch, optimizers, seeds, lr, sgd_lr, momentum, batch_size
         seeds=seeds or (2 if quick else 3),
         batch_size=batch_size,
         eval_every=eval_every or max(1, iters // 20),
+        no_boundaries=no_boundaries,
     )
     _check_data(data)
     notes = _lto_notes(names, onnx_path)
     set_torch_threads(threads)
-    methods = _methods(names, lr, sgd_lr, momentum, 0.0, 0.0, onnx_path, threads)
+    methods = _methods(names, lr, sgd_lr, momentum, 0.0, 0.0, onnx_path, threads, no_boundaries=no_boundaries)
     _run_reported(run_train, config, methods, notes, config.seeds * len(names) * iters, "lto bench train", out, resume)
 
 

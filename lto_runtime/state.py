@@ -23,14 +23,16 @@ ENERGY_NAMES: tuple[str, ...] = ("energy_short", "energy_long")
 #: How task boundaries are known: ``"manual"``, the user calls ``task_boundary()`` where a task ends;
 #: ``"auto"``, the optimizer also detects them itself (see :class:`StepCounters`).
 BOUNDARY_MODES: tuple[str, ...] = ("manual", "auto")
-#: Shift detection of ``boundaries="auto"`` (see :meth:`StepCounters.advance`): decay of the short
-#: and long averages of each tensor's squared gradient norm, the ratio of the two that marks a
-#: shift, and the steps after a boundary before another can be detected. Set by hand on recorded
-#: digits and synthetic streams (no MNIST-family data): with these, shifts after which the model's
-#: loss jumps are found within a few steps, and plain training at ``lr=1e-3`` shows none.
+# Shift detection of ``boundaries="auto"`` (see :meth:`StepCounters.detect_shift`). Set by hand on
+# recorded digits and synthetic streams (no MNIST-family data): with these, shifts after which the
+# model's loss jumps are found within a few steps, and plain training at ``lr=1e-3`` shows none.
+#: Decay of the short running average of each tensor's squared gradient norm (a few steps).
 SHIFT_SHORT_DECAY = 0.8
+#: Decay of the long running average of each tensor's squared gradient norm (since the boundary).
 SHIFT_LONG_DECAY = 0.998
+#: The median ratio short/long over a model's tensors above which a task shift is marked.
 SHIFT_RATIO = 4.0
+#: Steps after a task boundary before another can be detected.
 SHIFT_WARMUP = 50
 _COUNTER_MAX = int(np.iinfo(np.int64).max)  # counters are held as int64
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # the step reads hyper-parameters as float32

@@ -3,7 +3,6 @@ task-free online EWC, and ``lto bench cl --no-boundaries`` / ``--gradual``."""
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import numpy as np
@@ -200,9 +199,17 @@ def test_no_boundaries_builds_lto_with_automatic_boundaries():
 
     methods = _methods(["lto-torch"], 1e-3, 0.03, 0.0, 100.0, 1.0, None, 1, no_boundaries=True)
     assert methods["lto-torch"].settings["boundaries"] == "auto"
-    from lto_adapters.torch import LTO
-
-    if "boundaries" not in inspect.signature(LTO).parameters:
-        pytest.skip("LTO(boundaries=...) is not there yet (issue 14)")
     optimizer = methods["lto-torch"].make_optimizer([torch.nn.Parameter(torch.zeros(3))])
     assert optimizer.boundaries == "auto"
+
+
+def test_bench_train_no_boundaries_runs_lto_task_free_and_counts_what_it_marked(tmp_path):
+    """One task: LTO in task-free mode finds no boundary there, so it trains exactly as Adam."""
+    args = ["bench", "train", "--quick", "--iters", "60", "--seeds", "1", "--no-boundaries", "--optimizers", "adam,lto", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["config"]["no_boundaries"] is True and doc["config"]["optimizers"]["lto"]["boundaries"] == "auto"
+    assert [r["boundaries_found"] for r in doc["records"]] == [0, 0]
+    assert doc["records"][0]["losses"] == doc["records"][1]["losses"]
+    assert "| boundaries found |" in (tmp_path / "results.md").read_text()

@@ -7,6 +7,7 @@ loss, test accuracy and test loss every ``eval_every`` steps, the final figures 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ METRICS = ("test_accuracy", "test_loss", "train_loss", "seconds")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What to run: data, model, training steps, seeds, batch size, evaluation interval (steps)."""
+    """What to run: data, model, training steps, seeds, batch size, evaluation interval (steps),
+    and whether LTO runs in task-free mode (``boundaries="auto"``), where it could mark task
+    boundaries on a stream that has none."""
 
     data: str = "digits"
     arch: str = "mlp"
@@ -43,6 +46,7 @@ class TrainConfig:
     seeds: int = 3
     batch_size: int = 32
     eval_every: int = 50
+    no_boundaries: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -71,7 +75,9 @@ def test_loss(model: nn.Module, task: Task) -> float:
 def run_train_once(config: TrainConfig, method: Method, seed: int, stream: Stream, progress: Progress | None = None) -> dict[str, Any]:
     """Train one fresh model on the single task of ``stream`` with ``method``; the run's record.
 
-    ``train_loss`` is the mean training loss over the last ``min(eval_every, iters)`` steps.
+    ``train_loss`` is the mean training loss over the last ``min(eval_every, iters)`` steps;
+    ``boundaries_found`` counts the task boundaries the optimizer marked itself (LTO with
+    ``boundaries="auto"``; 0 for every other optimizer), all of them false on one task.
     """
     model = make_model(config.arch, stream.input_shape, stream.num_outputs, seed=seed)
     optimizer = method.make_optimizer(list(model.parameters()))
@@ -92,13 +98,23 @@ def run_train_once(config: TrainConfig, method: Method, seed: int, stream: Strea
         "test_loss": losses[-1],
         "train_loss": float(np.mean(result.losses[-min(config.eval_every, config.iters) :])),
         "seconds": result.seconds,
+        "boundaries_found": boundaries_found(optimizer, model),
         "losses": rounded(result.losses),
         "curve": {"steps": steps, "test_accuracy": rounded(accuracies), "test_loss": rounded(losses)},
     }
 
 
-def train_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """The markdown table: one row per optimizer, mean ± std over seeds."""
+def boundaries_found(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
+    """Task boundaries ``optimizer`` marked itself: LTO's consolidated count with
+    ``boundaries="auto"``, else 0."""
+    if getattr(optimizer, "boundaries", None) != "auto":
+        return 0
+    return max((int(optimizer.state[p]["boundaries"]) for p in model.parameters() if p in optimizer.state), default=0)
+
+
+def train_table(summary: dict[str, dict[str, dict[str, float]]], found: bool = False) -> str:
+    """The markdown table: one row per optimizer, mean ± std over seeds; with ``found``, also the
+    task boundaries each optimizer marked itself."""
     rows = [
         [
             f"`{name}`",
@@ -106,10 +122,12 @@ def train_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
             format_mean_std(stats["test_loss"]),
             format_mean_std(stats["train_loss"]),
             format_mean_std(stats["seconds"], digits=1),
+            *([format_mean_std(stats["boundaries_found"], digits=1)] if found else []),
         ]
         for name, stats in summary.items()
     ]
-    return markdown_table(["optimizer", "test accuracy", "test loss", "train loss (last steps)", "train seconds"], rows)
+    header = ["optimizer", "test accuracy", "test loss", "train loss (last steps)", "train seconds"]
+    return markdown_table(header + (["boundaries found"] if found else []), rows)
 
 
 def run_train(
@@ -132,6 +150,7 @@ def run_train(
     heading = (
         f"`lto bench train`: {config.data}, all classes in one task, {config.arch}, {config.iters} steps of "
         f"batch {config.batch_size}, {config.seeds} seed(s); mean ± std over seeds"
+        + ("; LTO in task-free mode (boundaries='auto')" if config.no_boundaries else "")
     )
     return run_benchmark(
         "train",
@@ -142,8 +161,8 @@ def run_train(
         steps_per_run=config.iters,
         prepare=prepare,
         run_one=run_one,
-        metrics=METRICS,
-        table=train_table,
+        metrics=(*METRICS, "boundaries_found"),
+        table=functools.partial(train_table, found=config.no_boundaries),
         heading=heading,
         plot=plot_train,
         resume=resume,
