@@ -26,26 +26,34 @@ VALIDATION_KEY = 1_000_003
 
 def start_population(graph: StepGraph, population: Population) -> tuple[list[torch.Tensor], UnrolledLTO, list[np.random.Generator]]:
     """Fresh parameters (copies of the initial ones), an :class:`UnrolledLTO` over them and each
-    problem's batch generator (from its seed)."""
+    problem's batch generator (from its seed).
+
+    Problems that hide their boundaries get ``boundaries="auto"``: each detects its own task
+    shifts, and its caller never calls ``task_boundary()`` (see :func:`run_population`)."""
     params = [p.clone() for p in population.initial]
-    opt = UnrolledLTO(graph, [tuple(p.shape[1:]) for p in params], lr=population.lrs, copies=population.size)
+    opt = UnrolledLTO(graph, [tuple(p.shape[1:]) for p in params], lr=population.lrs, copies=population.size,
+                      boundaries=population.boundaries)
     return params, opt, [np.random.default_rng(s.seed) for s in population.specs]
 
 
 def run_population(graph: StepGraph, specs: Sequence[ProblemSpec]) -> list[np.ndarray]:
     """Train fresh models through the streams of ``specs`` (one shape) with ``graph``; return each
-    problem's accuracy matrix ``R`` (``R[i, j]``: accuracy on task ``j`` after task ``i``)."""
+    problem's accuracy matrix ``R`` (``R[i, j]``: accuracy on task ``j`` after task ``i``).
+
+    The optimizer is told where each task ends only when the problems' ``boundaries`` are
+    ``"manual"``; ``R`` is measured at the true task ends either way, and a gradual stream's
+    batches blend each task into the next (:meth:`Population.training_batch`)."""
     population = Population(specs)
     params, opt, rngs = start_population(graph, population)
     tasks = population.tasks
     R = np.zeros((population.size, tasks, tasks))
     with torch.no_grad():
         for i in range(tasks):
-            if i:
+            if i and population.boundaries == "manual":
                 opt.task_boundary()
-            for _ in range(population.steps_per_task):
-                x, y = population.batch(i, rngs, population.specs[0].batch_size)
-                params = opt.step(params, population.grads(params, i, x, y))
+            for step in range(population.steps_per_task):
+                x, y, source = population.training_batch(i, step, rngs, population.specs[0].batch_size)
+                params = opt.step(params, population.grads(params, source, x, y))
             R[:, i] = np.stack([population.accuracies(params, j) for j in range(tasks)], axis=1)
     return list(R)
 
@@ -55,15 +63,20 @@ def validation_groups(family: Family, groups: int, size: int, seed: int) -> list
     ``size`` problems of one shape each.
 
     Stratified: group ``i`` takes data source ``i mod |data|`` and stream kind
-    ``(i div |data|) mod |streams|``, so every source and kind is validated evenly; the rest is
-    drawn from ``(seed, i)``.
+    ``(i div |data|) mod |streams|``, so every source and kind is validated evenly, and the last
+    ``round(hidden_boundaries * groups)`` groups hide their boundaries (with ``groups`` a multiple
+    of ``2 |data| |streams|`` and ``hidden_boundaries = 0.5``, every source and kind is validated
+    told and hidden); the rest, a gradual blend included, is drawn from ``(seed, i)``.
     """
+    hidden = round(family.hidden_boundaries * groups)
+    drawn = replace(family, hidden_boundaries=0.0)
     out = []
     for i in range(groups):
-        specs = family.sample_population(np.random.default_rng([seed, VALIDATION_KEY, i]), size)
+        specs = drawn.sample_population(np.random.default_rng([seed, VALIDATION_KEY, i]), size)
         data = family.data[i % len(family.data)]
         stream = family.streams[(i // len(family.data)) % len(family.streams)]
-        out.append([replace(s, data=data, stream=stream) for s in specs])
+        boundaries = "auto" if i >= groups - hidden else "manual"
+        out.append([replace(s, data=data, stream=stream, boundaries=boundaries) for s in specs])
     return out
 
 

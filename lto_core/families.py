@@ -1,7 +1,8 @@
 """Task families: distributions over continual-learning problems to meta-train and validate on.
 
 A :class:`Family` says which datasets, stream kinds, scenarios, architectures and sizes, stream
-lengths, steps per task and learning rates may be drawn; :meth:`Family.sample` draws one
+lengths, steps per task and learning rates may be drawn, and how often a problem hides its task
+boundaries from the optimizer or blends its tasks gradually; :meth:`Family.sample` draws one
 :class:`ProblemSpec`, :meth:`Family.sample_population` a set of problems of one shape that
 differ in seeds and learning rates (trained together, see :mod:`lto_core.population`), and
 :func:`build_problem` turns a spec into a stream and a fresh model.
@@ -19,11 +20,22 @@ from torch import nn
 from lto_core.data import Dataset, load_dataset
 from lto_core.models import make_model
 from lto_core.streams import Stream, make_stream
+from lto_runtime.state import check_boundaries
 
 
 @dataclass(frozen=True)
 class ProblemSpec:
-    """One continual-learning problem: data, stream, model and training length."""
+    """One continual-learning problem: data, stream, model and training length, and what the
+    optimizer is told.
+
+    ``boundaries`` is how the optimizer learns where tasks end: ``"manual"``, it is told
+    (``task_boundary()`` at the end of every task); ``"auto"``, never (it runs with
+    ``boundaries="auto"`` and detects shifts itself). ``blend_steps = N > 0`` makes the stream
+    gradual: during the first ``N`` steps of every task after the first, each training example
+    comes from the previous task with probability
+    :func:`~lto_core.streams.previous_task_probability` ``(j, N)`` at step ``j``.
+    Evaluation (the accuracy matrix, the meta-loss) always uses the true task ends.
+    """
 
     data: str
     stream: str
@@ -35,6 +47,16 @@ class ProblemSpec:
     lr: float = 1e-3
     batch_size: int = 32
     seed: int = 0
+    boundaries: str = "manual"
+    blend_steps: int = 0
+
+    def __post_init__(self) -> None:
+        check_boundaries(self.boundaries)
+        if not 0 <= self.blend_steps < self.steps_per_task:
+            raise ValueError(
+                f"blend_steps must be >= 0 and smaller than steps_per_task ({self.steps_per_task}), got {self.blend_steps}: "
+                "a blend into a task must end before the task does"
+            )
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -42,9 +64,10 @@ class ProblemSpec:
 
 
 def shape_key(spec: ProblemSpec) -> tuple:
-    """What problems trained together must share: everything but the seed and the learning rate."""
+    """What problems trained together must share: everything but the seed and the learning rate
+    (boundary mode and blend length included: the population is stepped and told as one)."""
     return (spec.data, spec.stream, spec.scenario, spec.arch, tuple(sorted(spec.arch_sizes.items())),
-            spec.tasks, spec.steps_per_task, spec.batch_size)
+            spec.tasks, spec.steps_per_task, spec.batch_size, spec.boundaries, spec.blend_steps)
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,16 @@ class Family:
     """A distribution over :class:`ProblemSpec`; ranges are inclusive, ``lr`` is log-uniform.
 
     ``widths``/``depths`` size the MLPs, ``channels`` the CNNs, ``dims`` the transformers.
+
+    ``hidden_boundaries`` is the probability that a problem hides its task boundaries (its
+    optimizer runs with ``boundaries="auto"``), ``gradual`` the probability that its tasks blend
+    into each other over a number of steps drawn from ``blend_steps`` (see :class:`ProblemSpec`).
+    Both are drawn after everything else, and only when their probability is above 0, so a family
+    that leaves them at 0 draws exactly the problems it drew before they existed.
+
+    Raises:
+        ValueError: a probability outside ``[0, 1]``, or a ``gradual`` family whose blends are not
+            shorter than its shortest task.
     """
 
     data: tuple[str, ...] = ("digits", "gaussians", "teacher")
@@ -66,6 +99,20 @@ class Family:
     depths: tuple[int, int] = (1, 4)
     channels: tuple[int, ...] = (8, 16)
     dims: tuple[int, ...] = (16, 32)
+    hidden_boundaries: float = 0.0
+    gradual: float = 0.0
+    blend_steps: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_boundaries", "gradual"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability and must be in [0, 1], got {getattr(self, name)}")
+        low, high = self.blend_steps
+        if self.gradual and not 1 <= low <= high < self.steps_per_task[0]:
+            raise ValueError(
+                f"blend_steps {list(self.blend_steps)} must be a range 1 <= low <= high below the shortest task "
+                f"(steps_per_task starts at {self.steps_per_task[0]}) when gradual is above 0"
+            )
 
     def sample(self, rng: np.random.Generator) -> ProblemSpec:
         """Draw one problem; ``rng`` alone decides it."""
@@ -78,7 +125,7 @@ class Family:
             sizes = {"channels": int(rng.choice(self.channels))}
         else:
             sizes = {"dim": int(rng.choice(self.dims))}
-        return ProblemSpec(
+        spec = ProblemSpec(
             data=data,
             stream=stream,
             scenario=str(rng.choice(self.scenarios)),
@@ -90,10 +137,16 @@ class Family:
             batch_size=self.batch_size,
             seed=int(rng.integers(0, 2**31 - 1)),
         )
+        # After every other draw and only when asked for, so families without them draw as before.
+        if self.hidden_boundaries and rng.random() < self.hidden_boundaries:
+            spec = replace(spec, boundaries="auto")
+        if self.gradual and rng.random() < self.gradual:
+            spec = replace(spec, blend_steps=int(rng.integers(self.blend_steps[0], self.blend_steps[1] + 1)))
+        return spec
 
     def sample_population(self, rng: np.random.Generator, size: int) -> list[ProblemSpec]:
-        """``size`` problems of one drawn shape (:func:`shape_key`), each with its own seed and
-        learning rate; ``rng`` alone decides them."""
+        """``size`` problems of one drawn shape (:func:`shape_key`: boundary mode and blend
+        included), each with its own seed and learning rate; ``rng`` alone decides them."""
         first = self.sample(rng)
         rest = [replace(first, lr=self._sample_lr(rng), seed=int(rng.integers(0, 2**31 - 1))) for _ in range(size - 1)]
         return [first, *rest]

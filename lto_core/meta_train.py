@@ -17,6 +17,13 @@ the current task's term rewards learning, the earlier ones penalize forgetting
 ACC, and a truncation that sees the steep start of a task but not its plateau would otherwise buy
 early speed with forgetting (the short-horizon bias of Wu et al., 2018).
 
+A family may also hide a problem's task boundaries (``Family.hidden_boundaries``: its optimizer
+runs with ``boundaries="auto"``, detects shifts itself and is never told) and make its stream
+gradual (``Family.gradual``, ``Family.blend_steps``: each task blends into the next, see
+:func:`~lto_core.streams.previous_task_probability`); the meta-loss follows the true tasks either
+way. A hidden problem whose shifts are never detected trains exactly as with Adam (nothing is
+consolidated, so the network never acts) and gives no meta-gradient.
+
 Two estimators of the meta-gradient (``MetaTrainConfig.estimator``):
 
 * ``"tbptt"``: truncated backpropagation through the updates, one outer step every ``truncation``
@@ -131,7 +138,9 @@ def unroll(graph: StepGraph, population: Population, config: MetaTrainConfig,
     over truncations.
 
     Every ``truncation`` inner steps (and at each task's end) the truncation's meta-loss goes to
-    ``on_truncation`` (a meta-gradient step) and the autograd history is cut.
+    ``on_truncation`` (a meta-gradient step) and the autograd history is cut. Problems that hide
+    their boundaries are never told where a task ends (their optimizer detects shifts itself);
+    the meta-loss still follows the true tasks.
     """
     params, opt, rngs = start_population(graph, population)
     query_rngs = [np.random.default_rng(s.seed + 1) for s in population.specs]
@@ -141,11 +150,11 @@ def unroll(graph: StepGraph, population: Population, config: MetaTrainConfig,
     weights: list[float] = []
     losses: list[float] = []
     for i in range(population.tasks):
-        if i:
+        if i and population.boundaries == "manual":
             opt.task_boundary()
         for step in range(1, steps + 1):
-            x, y = population.batch(i, rngs, batch)
-            params = opt.step(params, population.grads(params, i, x, y))
+            x, y, source = population.training_batch(i, step - 1, rngs, batch)
+            params = opt.step(params, population.grads(params, source, x, y))
             if step % config.query_every == 0 or step == steps:
                 terms.append(_query_loss(population, params, i, query_rngs, config))
                 weights.append(step / steps)
@@ -314,7 +323,8 @@ def meta_train(
         progress = Progress(**json.loads(progress_path.read_text()))
         if not progress.checkpoint:
             raise ValueError(f"{progress_path} names no checkpoint set: the run was written by an earlier lto, which this one cannot resume; use a new --out")
-        if progress.seed != seed or progress.config != json.loads(json.dumps(config.to_dict())):
+        # Compared as configs, so a run recorded before a field existed resumes when that field is at its default.
+        if progress.seed != seed or MetaTrainConfig.from_dict(progress.config) != config:
             raise ValueError(f"{out} holds a run with another seed or config; use a new --out or the same settings")
         graph.load_state_dict(load_checkpoint(out / progress.checkpoint)[0].state_dict())
         _load_outer(outer, out / f"{progress.checkpoint}-outer")

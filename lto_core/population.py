@@ -1,7 +1,8 @@
 """A population of same-shaped continual-learning problems, trained together.
 
 Problems that share a shape (data source, stream kind, scenario, architecture and sizes, number and
-length of tasks, batch size; see :meth:`lto_core.families.Family.sample_population`) but have their
+length of tasks, batch size, whether the optimizer is told where tasks end and how long tasks blend;
+see :meth:`lto_core.families.Family.sample_population`) but have their
 own seeds (stream, initial weights, batches) and learning rates are stacked: each parameter is one
 tensor ``[P, *shape]``, the model's forward runs once for all ``P`` problems
 (``torch.func.vmap`` of ``functional_call``), and the optimizer steps each copy as its own tensor
@@ -21,6 +22,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lto_core.families import ProblemSpec, build_problem, shape_key
+from lto_core.streams import previous_task_probability
 
 
 def soft_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -61,8 +63,8 @@ class Population:
         self.model = built[0][1]
         self.names = [n for n, _ in self.model.named_parameters()]
         self.initial = [torch.stack([dict(m.named_parameters())[n].detach() for _, m in built]) for n in self.names]
-        # Additive logit masks [P, K] per task: 0 on the task's classes, -1e9 elsewhere (task-incremental).
-        self._masks = [self._task_mask(t) for t in range(self.tasks)]
+        # Additive logit masks [tasks, P, K]: 0 on the task's classes, -1e9 elsewhere (task-incremental).
+        self._masks = torch.stack([self._task_mask(t) for t in range(self.tasks)])
         # Each task's training sets of all problems end to end, so a batch is one gather, not P.
         self._train = [self._concatenated(t) for t in range(self.tasks)]
         self._forward = torch.func.vmap(self._one_forward)
@@ -81,6 +83,16 @@ class Population:
     def steps_per_task(self) -> int:
         """Training steps per task."""
         return self.specs[0].steps_per_task
+
+    @property
+    def boundaries(self) -> str:
+        """How the problems' optimizer learns where tasks end: ``"manual"`` (told) or ``"auto"`` (never told)."""
+        return self.specs[0].boundaries
+
+    @property
+    def blend_steps(self) -> int:
+        """Steps over which each task blends into the next (0: tasks switch at once)."""
+        return self.specs[0].blend_steps
 
     @property
     def lrs(self) -> list[float]:
@@ -115,19 +127,57 @@ class Population:
         index = np.concatenate([offset + rng.integers(0, count, size) for offset, count, rng in zip(offsets, counts, rngs)])
         return torch.from_numpy(x[index].reshape(self.size, size, *x.shape[1:])), torch.from_numpy(y[index].reshape(self.size, size))
 
-    def loss(self, params: Sequence[torch.Tensor], task: int, x: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torch.Tensor:
-        """Mean over problems of each problem's ``QUERY_LOSSES[kind]`` on its batch of ``task``.
+    def training_batch(self, task: int, step: int, rngs: Sequence[np.random.Generator],
+                       size: int) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
+        """The training batch at ``step`` (counted from 0) of ``task``: ``x [P, size, ...]``,
+        ``y [P, size]`` and the task each example comes from.
 
+        Outside a blend (the first task, a stream that switches at once, the steps after a gradual
+        stream's blend) this is :meth:`batch` and the examples' task is ``task``. During a blend,
+        each example is drawn as in :meth:`batch` and then, with probability
+        :func:`~lto_core.streams.previous_task_probability` ``(step, blend_steps)``, replaced by
+        an example of the previous task, all from the problem's own generator; the examples'
+        tasks come back as a ``[P, size]`` tensor.
+        """
+        share = previous_task_probability(step, self.blend_steps) if task else 0.0
+        if not share:
+            return (*self.batch(task, rngs, size), task)
+        x, y, offsets, counts = self._train[task]
+        x_previous, y_previous, previous_offsets, previous_counts = self._train[task - 1]
+        index, previous, from_previous = [], [], []
+        for p, rng in enumerate(rngs):
+            index.append(offsets[p] + rng.integers(0, counts[p], size))
+            from_previous.append(rng.random(size) < share)
+            previous.append(previous_offsets[p] + rng.integers(0, previous_counts[p], size))
+        index, previous, from_previous = np.concatenate(index), np.concatenate(previous), np.concatenate(from_previous)
+        rows = from_previous.reshape(-1, *[1] * (x.ndim - 1))
+        xb = np.where(rows, x_previous[previous], x[index]).reshape(self.size, size, *x.shape[1:])
+        yb = np.where(from_previous, y_previous[previous], y[index]).reshape(self.size, size)
+        source = np.where(from_previous, task - 1, task).reshape(self.size, size)
+        return torch.from_numpy(xb), torch.from_numpy(yb), torch.from_numpy(source)
+
+    def _example_masks(self, task: int | torch.Tensor) -> torch.Tensor:
+        """Additive logit masks of a batch: ``[P, 1, K]`` for one task, ``[P, N, K]`` for each example's own."""
+        if isinstance(task, torch.Tensor):
+            return self._masks[task, torch.arange(self.size)[:, None]]
+        return self._masks[task][:, None, :]
+
+    def loss(self, params: Sequence[torch.Tensor], task: int | torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             kind: str = "ce") -> torch.Tensor:
+        """Mean over problems of each problem's ``QUERY_LOSSES[kind]`` on its batch.
+
+        ``task`` is the task of every example, or each example's (``[P, N]``, from
+        :meth:`training_batch`); each example is scored under its own task's output mask.
         Every problem's batch has the same size, so the loss over all ``P * N`` examples is that mean.
         """
         # vmap has no batching rule for CPU flash attention (the transformer) and would loop over the
         # problems; attention written as plain matrix products batches like everything else.
         with sdpa_kernel(SDPBackend.MATH):
             logits = self._forward(tuple(params), x)
-        logits = logits + self._masks[task][:, None, :]
+        logits = logits + self._example_masks(task)
         return QUERY_LOSSES[kind](logits.flatten(0, 1), y.flatten())
 
-    def grads(self, params: Sequence[torch.Tensor], task: int, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def grads(self, params: Sequence[torch.Tensor], task: int | torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Each problem's gradient of its own mean cross-entropy (constants for the meta-gradient):
         the gradient of ``P`` times :meth:`loss`, the sum of the problems' losses."""
         with torch.enable_grad():

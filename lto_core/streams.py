@@ -9,6 +9,9 @@ Scenarios (van de Ven & Tolias, 2019) fix what the model is told and predicts:
 ``task``-incremental (the task's classes are known: logits outside them are masked),
 ``domain``-incremental (one shared head over the within-task labels), ``class``-incremental
 (one head over all classes, no task identity).
+
+A stream may also be *gradual*: each task blends into the next over its first steps, with the
+share of the previous task's examples given by :func:`previous_task_probability`.
 """
 
 from __future__ import annotations
@@ -108,6 +111,27 @@ def make_stream(data: Dataset, stream: str, scenario: str, tasks: int, seed: int
             built.append(Task(x_train, y_train, x_test, y_test, None))
     outputs = k * tasks if scenario == "task" else k
     return Stream(f"{stream}-{data.name}", scenario, tuple(built), outputs, data.input_shape)
+
+
+def previous_task_probability(step: int, blend: int) -> float:
+    """The probability that a training example at ``step`` of a task (counted from 0) comes from
+    the previous task, in a gradual stream whose tasks blend into each other over ``blend`` steps.
+
+    A linear blend: ``1 - step / blend`` during the first ``blend`` steps of a task, 0 after them
+    (``blend = 0``: tasks switch at once). At the first step of a task every example is still the
+    previous task's; from step ``blend`` on none is. Meant for every task after the first (the
+    first has no previous task).
+
+    Raises:
+        ValueError: ``step`` or ``blend`` is negative.
+
+    Examples:
+        >>> [previous_task_probability(j, 4) for j in range(6)]
+        [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    """
+    if step < 0 or blend < 0:
+        raise ValueError(f"step and blend must be >= 0, got step={step}, blend={blend}")
+    return 1.0 - step / blend if step < blend else 0.0
 
 
 def _label_task(x_tr, y_tr, x_te, y_te, group: np.ndarray, scenario: str) -> Task:

@@ -85,6 +85,21 @@ def test_resume_refuses_another_seed_or_config(tmp_path):
         meta_train(tmp_path, _config(iterations=1, outer_lr=1e-2), seed=0, resume=True)
 
 
+def test_a_run_recorded_before_the_task_free_options_resumes(tmp_path):
+    config = _config(iterations=2)
+    meta_train(tmp_path, _config(iterations=1), seed=0)
+    path = tmp_path / "progress.json"
+    doc = json.loads(path.read_text())
+    for family in ("family", "validation_family"):
+        for key in ("hidden_boundaries", "gradual", "blend_steps"):
+            del doc["config"][family][key]
+    doc["config"]["iterations"] = 2
+    path.write_text(json.dumps(doc))
+    assert meta_train(tmp_path, config, seed=0, resume=True).iteration == 2
+    with pytest.raises(ValueError, match="another seed or config"):
+        meta_train(tmp_path, _config(iterations=2, family={**TINY_FAMILY, "hidden_boundaries": 0.5}), seed=0, resume=True)
+
+
 def test_validation_records_baselines_and_best_checkpoint_carries_provenance(tmp_path):
     progress = meta_train(tmp_path, _config(outer_lr=1e-2), seed=0, command="lto meta-train --test")
     assert set(progress.baseline) == {"acc", "bwt"} and set(progress.initial) == {"acc", "bwt"}
