@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lto_core.metrics import average_accuracy, backward_transfer, forward_transfer
-from lto_core.streams import Stream, Task
+from lto_core.streams import Stream, Task, previous_task_probability
 
 
 def masked_logits(logits: torch.Tensor, classes: tuple[int, ...] | None) -> torch.Tensor:
@@ -136,7 +136,7 @@ def run_stream(
             index = rng.integers(0, len(task.x_train), size=batch_size)
             optimizer.zero_grad()
             if i > 0 and j < blend:
-                source, index = _blended_batch(rng, tasks, i, index, 1.0 - j / blend)
+                source, index = _blended_batch(rng, tasks, i, index, previous_task_probability(j, blend))
                 loss = mixed_task_loss(model, tasks, source, index)
             else:
                 loss = task_loss(model, task, index)
