@@ -233,7 +233,7 @@ def test_bench_cl_quick_writes_json_table_and_plots(tmp_path):
         assert key in record
     assert np.asarray(record["R"]).shape == (3, 3) and len(record["losses"]) == 3 * 15
     assert record["ACC"] == pytest.approx(average_accuracy(record["R"]), abs=1e-4)  # R is stored rounded
-    assert set(payload["summary"]["ewc"]) == {"ACC", "BWT", "FWT", "seconds"}
+    assert set(payload["summary"]["ewc"]) == {"ACC", "BWT", "FWT", "seconds", "boundaries_found"}
     # same init and same batches: the packaged LTO file may be Adam-equivalent, so only the
     # shared starting point is asserted, which holds whatever the file is
     b = {r["optimizer"]: r["b"] for r in payload["records"] if r["seed"] == 0}

@@ -177,7 +177,9 @@ def test_bench_cl_no_boundaries_runs_the_task_free_methods_and_says_which_need_b
     assert set(doc["summary"]) == {"sgd", "adam", "upgd", "online-ewc"}
     assert config["optimizers"]["online-ewc"]["variant"] == "task-free" and config["optimizers"]["online-ewc"]["online_ewc_period"] == 5
     assert config["optimizers"]["upgd"]["lr"] == 0.03
+    assert all(r["boundaries_found"] == 0 for r in doc["records"])  # none of these is LTO
     markdown = (tmp_path / "results.md").read_text()
+    assert "| boundaries found |" in markdown
     assert "no task boundaries" in markdown and "needs task boundaries: ewc, si, gated-adam (not run)" in markdown
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from lto_core.bench.common import (
     Method,
     Progress,
+    boundaries_found,
     format_mean_std,
     markdown_table,
     rounded,
@@ -73,7 +74,9 @@ def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, pro
     ``BWT = mean_{j<T} (R[T][j] - R[j][j])``, ``FWT = mean_{j>1} (R[j-1][j] - b_j)`` (GEM, 1-indexed),
     ``seconds`` (training wall time, end-of-task evaluations and EWC's Fisher included, the
     curve evaluations not), ``losses`` (every step's training loss, penalty included) and
-    ``curve`` (``steps`` and the accuracy on every task at each of them, from step 0).
+    ``curve`` (``steps`` and the accuracy on every task at each of them, from step 0), and
+    ``boundaries_found`` (the task boundaries the optimizer marked itself: LTO with
+    ``boundaries="auto"``; 0 for every other method).
     """
     model = make_model(config.arch, stream.input_shape, stream.num_outputs, seed=seed)
     optimizer = method.make_optimizer(list(model.parameters()))
@@ -111,6 +114,7 @@ def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, pro
         "BWT": result.bwt,
         "FWT": result.fwt,
         "seconds": result.seconds,
+        "boundaries_found": boundaries_found(optimizer, model),
         "losses": rounded(result.losses),
         "curve": {"steps": [0, *steps], "accuracy": [rounded(result.b), *(rounded(row) for row in curve)]},
     }
@@ -120,9 +124,10 @@ def run_cl_once(config: CLConfig, method: Method, seed: int, stream: Stream, pro
 GRID_MARK = "@"
 
 
-def cl_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """The markdown table: one row per optimizer at its settings, mean ± std over seeds; with grid
-    runs (names holding :data:`GRID_MARK`), a second table of each method's best-of-grid."""
+def cl_table(summary: dict[str, dict[str, dict[str, float]]], found: bool = False) -> str:
+    """The markdown table: one row per optimizer at its settings, mean ± std over seeds (with
+    ``found``, also the task boundaries each marked itself); with grid runs (names holding
+    :data:`GRID_MARK`), a second table of each method's best-of-grid."""
     defaults = {name: stats for name, stats in summary.items() if GRID_MARK not in name}
     rows = [
         [
@@ -131,10 +136,12 @@ def cl_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
             format_mean_std(stats["BWT"], signed=True),
             format_mean_std(stats["FWT"], signed=True),
             format_mean_std(stats["seconds"], digits=1),
+            *([format_mean_std(stats["boundaries_found"], digits=1)] if found else []),
         ]
         for name, stats in defaults.items()
     ]
-    table = markdown_table(["optimizer", "ACC", "BWT", "FWT", "train seconds"], rows)
+    header = ["optimizer", "ACC", "BWT", "FWT", "train seconds"] + (["boundaries found"] if found else [])
+    table = markdown_table(header, rows)
     best = best_of_grid(summary)
     if not best:
         return table
@@ -213,7 +220,7 @@ def run_cl(
     left_out = not_run_text(not_run or {})
 
     def table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-        return cl_table(summary) + (f"\n{left_out}\n" if left_out else "")
+        return cl_table(summary, found=config.no_boundaries) + (f"\n{left_out}\n" if left_out else "")
 
     return run_benchmark(
         "cl",
@@ -224,7 +231,7 @@ def run_cl(
         steps_per_run=config.tasks * config.iters,
         prepare=prepare,
         run_one=run_one,
-        metrics=METRICS,
+        metrics=(*METRICS, "boundaries_found"),
         table=table,
         heading=heading,
         plot=_plot_defaults,

@@ -53,6 +53,14 @@ class Method:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def boundaries_found(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
+    """Task boundaries ``optimizer`` marked itself: LTO's count of consolidated boundaries with
+    ``boundaries="auto"`` (with ``task_boundary()`` calls too, when a stream gives them), else 0."""
+    if getattr(optimizer, "boundaries", None) != "auto":
+        return 0
+    return max((int(optimizer.state[p]["boundaries"]) for p in model.parameters() if p in optimizer.state), default=0)
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (``ddof = 1``; 0 for a single value)."""
     array = np.asarray(values, dtype=np.float64)

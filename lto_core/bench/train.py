@@ -19,6 +19,7 @@ from torch import nn
 from lto_core.bench.common import (
     Method,
     Progress,
+    boundaries_found,
     format_mean_std,
     markdown_table,
     rounded,
@@ -102,14 +103,6 @@ def run_train_once(config: TrainConfig, method: Method, seed: int, stream: Strea
         "losses": rounded(result.losses),
         "curve": {"steps": steps, "test_accuracy": rounded(accuracies), "test_loss": rounded(losses)},
     }
-
-
-def boundaries_found(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
-    """Task boundaries ``optimizer`` marked itself: LTO's consolidated count with
-    ``boundaries="auto"``, else 0."""
-    if getattr(optimizer, "boundaries", None) != "auto":
-        return 0
-    return max((int(optimizer.state[p]["boundaries"]) for p in model.parameters() if p in optimizer.state), default=0)
 
 
 def train_table(summary: dict[str, dict[str, dict[str, float]]], found: bool = False) -> str:
