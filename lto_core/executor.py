@@ -3,7 +3,10 @@
 This is the ``backend="torch"`` execution strategy: the same :class:`~lto_runtime.StepEngine`
 (layout, state, chunking) as the ONNX backend, with the step computed by :class:`StepGraph` on
 whatever the buffers are: torch tensors on the parameters' device (the adapter's fast path) or
-NumPy arrays, shared without copies.
+NumPy arrays, shared without copies. Besides ``run``, it steps in place
+(:class:`~lto_runtime.engine.InPlaceStepFunction`): one compiled loop per call that writes the
+new moments over the state and adds the update to the parameters, which the engine uses for
+every ordinary step.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from lto_core.step import StepGraph, adam_element_step, protected_element_step
-from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES
+from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES, TOKEN_STATE_NAMES
 
 #: Logger ``"lto_core"``; says once, at INFO, when backend="torch" must run eagerly.
 logger = logging.getLogger("lto_core")
@@ -39,13 +42,76 @@ def compiled_element_steps() -> tuple[Callable, Callable]:
     return tuple(torch.compile(f, dynamic=True, fullgraph=True) for f in (adam_element_step, protected_element_step))
 
 
+_PULL = TOKEN_STATE_NAMES.index("pull")
+
+
+# The element steps of TorchStepFunction.step_in_place: the results written where the engine keeps
+# them, the new moments over the old, the update added to the parameter itself ("onto") or written
+# into a buffer ("into"). Through torch.compile each is one loop that reads every input and writes
+# every result once, with no temporaries and no copies after it. Compiled, they add weight decay
+# whatever its value (``decay=True``: the loop reads theta anyway, and zero decay adds zero), so
+# the graph's branch on it is not needed; eager, they branch (``decay=None``) to skip its two
+# passes. The pull's branch is decided in Python (``pulls``). Four functions, not one with flags:
+# torch.compile keeps the compiled versions of one function in one cache of bounded size.
+
+
+def _store_moments(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, new_exp_avg: torch.Tensor, new_exp_avg_sq: torch.Tensor) -> None:
+    """The new moments over the old (in the same loop that computes them, once compiled)."""
+    exp_avg.copy_(new_exp_avg)
+    exp_avg_sq.copy_(new_exp_avg_sq)
+
+
+def _adam_onto(grad, param, exp_avg, exp_avg_sq, scalars, decay) -> None:
+    update, new_exp_avg, new_exp_avg_sq = adam_element_step(grad, param, exp_avg, exp_avg_sq, None, None, None, scalars, decay=decay)
+    _store_moments(exp_avg, exp_avg_sq, new_exp_avg, new_exp_avg_sq)
+    param.add_(update)
+
+
+def _adam_into(grad, param, exp_avg, exp_avg_sq, scalars, decay, out) -> None:
+    update, new_exp_avg, new_exp_avg_sq = adam_element_step(grad, param, exp_avg, exp_avg_sq, None, None, None, scalars, decay=decay)
+    _store_moments(exp_avg, exp_avg_sq, new_exp_avg, new_exp_avg_sq)
+    out.copy_(update)
+
+
+def _protected_onto(grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, decay, pulls) -> None:
+    update, new_exp_avg, new_exp_avg_sq = protected_element_step(
+        grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, decay=decay, pulls=pulls
+    )
+    _store_moments(exp_avg, exp_avg_sq, new_exp_avg, new_exp_avg_sq)
+    param.add_(update)
+
+
+def _protected_into(grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, decay, pulls, out) -> None:
+    update, new_exp_avg, new_exp_avg_sq = protected_element_step(
+        grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, decay=decay, pulls=pulls
+    )
+    _store_moments(exp_avg, exp_avg_sq, new_exp_avg, new_exp_avg_sq)
+    out.copy_(update)
+
+
+@functools.cache
+def in_place_element_step(protected: bool, onto_param: bool, compiled: bool) -> Callable[..., None]:
+    """The element step of :meth:`TorchStepFunction.step_in_place` for one case, built on first use.
+
+    :func:`~lto_core.step.protected_element_step` where some coefficient is non-zero, else
+    :func:`~lto_core.step.adam_element_step`; the update added to the parameter (``onto_param``)
+    or written into a buffer. ``compiled``: through ``torch.compile``, whose shapes turn dynamic
+    when a second window count comes (torch's automatic dynamic shapes): chunks of any size then
+    share the kernel, and the window and token sizes stay fixed in it.
+    """
+    step = {(False, True): _adam_onto, (False, False): _adam_into, (True, True): _protected_onto, (True, False): _protected_into}
+    chosen = step[protected, onto_param]
+    return torch.compile(chosen, fullgraph=True) if compiled else chosen
+
+
 class TorchStepFunction:
     """Computes the step with ``graph`` in PyTorch.
 
     Args:
         graph: the step graph.
-        compile: run the per-element part through ``torch.compile`` (:func:`compiled_element_steps`,
-            the fast path; the network and consolidation, which touch few windows, stay eager);
+        compile: run the per-element part through ``torch.compile`` (:func:`in_place_element_step`
+            and :func:`compiled_element_steps`, the fast path; the network and consolidation, which
+            touch few windows, stay eager);
             ``None`` compiles where a C++ compiler exists and otherwise runs eagerly, saying so
             once at INFO on the ``lto_core`` logger. Both compute the same function.
     """
@@ -64,12 +130,50 @@ class TorchStepFunction:
         if compile:
             self.graph.element_steps = compiled_element_steps()
 
+    def step_in_place(self, inputs: dict[str, Any], update: Any | None = None) -> None:
+        """The step of a call that lists no window, written where it is kept: the new moments over
+        ``inputs["exp_avg"]`` and ``inputs["exp_avg_sq"]``, the update added to ``inputs["param"]``
+        itself (``update=None``) or written into ``update``.
+
+        The same numbers as :meth:`run`, without its outputs: no buffer to fill and copy from, and
+        with ``update=None`` no pass to add the update to the parameters. Every window of the call
+        must be active (an inactive window's moments would be overwritten).
+        """
+        with torch.no_grad():
+            coefficients = _as_tensor(inputs["coefficients"])
+            protected, pulls = _branches(coefficients)
+            step = in_place_element_step(protected, update is None, self.compiled)
+            moments = (_as_tensor(inputs["grad"]), _as_tensor(inputs["param"]), _as_tensor(inputs["exp_avg"]), _as_tensor(inputs["exp_avg_sq"]))
+            scalars = _as_tensor(inputs["scalars"])
+            decay = True if self.compiled else None
+            if protected:
+                args = (*moments, _as_tensor(inputs["log_importance"]), _as_tensor(inputs["anchor"]), coefficients, scalars, decay, pulls)
+            else:
+                args = (*moments, scalars, decay)
+            step(*args, *(() if update is None else (_as_tensor(update),)))
+
     def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Read ``inputs`` and write every output into ``outputs`` in place (tensors or NumPy arrays)."""
         with torch.no_grad():
             results = self.graph(*(_as_tensor(inputs[n]) for n in INPUT_NAMES))
             for name, value in zip(OUTPUT_NAMES, results):
                 _as_tensor(outputs[name]).copy_(value)
+
+
+def _branches(coefficients: torch.Tensor) -> tuple[bool, bool]:
+    """Whether any coefficient is non-zero, and any pull: the branches the step graph takes.
+
+    Each costs a pass over the coefficients and a read back to the host. They change only where
+    the engine writes them (a refresh, a loaded state), which bumps the tensor's version counter,
+    so the answer is kept on the tensor with the version it holds for.
+    """
+    known = getattr(coefficients, "_lto_branches", None)
+    if known is not None and known[0] == coefficients._version:
+        return known[1]
+    protected = bool(coefficients.any())
+    branches = protected, protected and bool(coefficients[..., _PULL].any())
+    coefficients._lto_branches = (coefficients._version, branches)
+    return branches
 
 
 def _as_tensor(array: Any) -> torch.Tensor:

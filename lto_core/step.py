@@ -48,6 +48,8 @@ _HUGE = 1e35
 _TINY = 1e-30
 #: Bounds of the coefficients: gate offset, gate slope, pull (see :func:`protected_update`).
 COEFFICIENT_BOUNDS: tuple[tuple[float, float], ...] = ((-4.0, 4.0), (0.0, 8.0), (0.0, 1.0))
+#: Column of ``weight_decay`` in the scalars.
+_DECAY = SCALAR_NAMES.index("weight_decay")
 
 
 def branch(pred: torch.Tensor, when_true: Callable, when_false: Callable, operands: Sequence[torch.Tensor]):
@@ -113,7 +115,22 @@ def adam_direction(
     ``m / (sqrt(v) * bc1/sqrt(bc2) + eps*bc1)``, the same quantity with the per-window factors
     folded, which saves a pass over the elements.
     """
-    return exp_avg / (exp_avg_sq.sqrt() * (bc1 / bc2.sqrt()) + eps * bc1)
+    root = exp_avg_sq.sqrt()
+    scale, bc1 = _per_window(bc1 / bc2.sqrt(), bc1)
+    return exp_avg / (root * scale + eps * bc1)
+
+
+def _per_window(*factors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``factors`` (``[B, 1, 1]`` each, one number per window) unchanged.
+
+    Under ``torch.compile`` (not export) they are stacked into one buffer first, which the compiled
+    loop over the elements then reads. Left inline, the loop recomputes them (powers, a root, a
+    division) for every vector of elements: its stores might alias the scalars it reads them from,
+    so the C++ compiler cannot hoist them. The same numbers either way.
+    """
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        return torch.stack(factors).unbind(0)
+    return factors
 
 
 def token_features(
@@ -204,6 +221,8 @@ def protected_update(
     anchor: torch.Tensor,
     coefficients: torch.Tensor,
     lr: torch.Tensor,
+    *,
+    pulls: bool | None = None,
 ) -> torch.Tensor:
     """The closed form every element follows, with its token's coefficients ``(alpha, beta, c)``:
 
@@ -214,31 +233,60 @@ def protected_update(
     ``alpha`` opens or closes the whole token. The second is an EWC-like pull toward the anchor,
     proportional to importance and drift (the gradient of ``c P (theta - theta*)^2 / 2``), in
     Adam's units since ``c`` carries ``1 / rms_window(theta)``. At zero coefficients ``u = -lr d``.
+
+    The pull's three passes over the elements run only where a token pulls: ``pulls`` says whether
+    any does when the caller knows (the compiled PyTorch step, which decides in Python), ``None``
+    decides in the graph.
     """
     alpha, beta, pull = coefficients[..., None].unbind(dim=2)
     gated = torch.sigmoid(alpha - beta * log_importance) * direction
-    (update,) = branch(
-        (pull != 0).any(),  # the pull's three passes over the elements only where a token pulls
-        lambda u, c, p, th, a, s: ((u + (0.5 * c) * (p * (th - a))) * s,),
-        lambda u, c, p, th, a, s: (u * s,),
-        (gated, pull, log_importance, param, anchor, -2.0 * lr),
-    )
+    if pulls is None:
+        (update,) = branch((pull != 0).any(), _pulled_update, _gated_update, (gated, pull, log_importance, param, anchor, -2.0 * lr))
+    else:
+        (update,) = (_pulled_update if pulls else _gated_update)(gated, pull, log_importance, param, anchor, -2.0 * lr)
     return update
 
 
+def _pulled_update(u, c, p, th, a, s) -> tuple[torch.Tensor]:
+    """``(u + c/2 P (theta - theta*)) s``: the gated step ``u`` plus the pull, scaled by ``s = -2 lr``."""
+    return ((u + (0.5 * c) * (p * (th - a))) * s,)
+
+
+def _gated_update(u, c, p, th, a, s) -> tuple[torch.Tensor]:
+    """``u s``: the gated step alone, where no token pulls."""
+    return (u * s,)
+
+
 def adam_step(
-    grad: torch.Tensor, param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, scalars: torch.Tensor
+    grad: torch.Tensor,
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    scalars: torch.Tensor,
+    *,
+    decay: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adam's part of the step: the new moments and Adam's direction ``(m', v', d)``, from the
-    gradient plus L2 weight decay ``g + wd * theta`` (as ``torch.optim.Adam``); the decay's two
-    passes over the elements are skipped when no window has any."""
-    column = SCALAR_NAMES.index("weight_decay")
-    return branch(
-        (scalars[:, column] != 0).any(),
-        lambda g, p, m, v, s: _adam_moments_and_direction(g + s[:, column, None, None] * p.detach(), m, v, s),
-        lambda g, p, m, v, s: _adam_moments_and_direction(g, m, v, s),
-        (grad, param, exp_avg, exp_avg_sq, scalars),
-    )
+    gradient plus L2 weight decay ``g + wd * theta`` (as ``torch.optim.Adam``).
+
+    The decay's two passes over the elements are skipped when no window has any (``decay=None``,
+    decided in the graph). ``decay=True`` adds it whatever its value (zero decay adds zero: the
+    same numbers), for a caller that reads ``theta`` anyway; ``False`` when no window has any.
+    """
+    operands = (grad, param, exp_avg, exp_avg_sq, scalars)
+    if decay is None:
+        return branch((scalars[:, _DECAY] != 0).any(), _decayed_adam, _plain_adam, operands)
+    return (_decayed_adam if decay else _plain_adam)(*operands)
+
+
+def _decayed_adam(g, p, m, v, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_adam_moments_and_direction` of the gradient plus ``wd * theta``."""
+    return _adam_moments_and_direction(g + s[:, _DECAY, None, None] * p.detach(), m, v, s)
+
+
+def _plain_adam(g, p, m, v, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_adam_moments_and_direction` of the gradient alone."""
+    return _adam_moments_and_direction(g, m, v, s)
 
 
 def _adam_moments_and_direction(
@@ -265,9 +313,12 @@ def adam_element_step(
     anchor: torch.Tensor,
     coefficients: torch.Tensor,
     scalars: torch.Tensor,
+    *,
+    decay: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The per-element step where every coefficient is zero: Adam, ``u = -lr d``; returns ``(u, m', v')``."""
-    exp_avg, exp_avg_sq, direction = adam_step(grad, param, exp_avg, exp_avg_sq, scalars)
+    """The per-element step where every coefficient is zero: Adam, ``u = -lr d``; returns ``(u, m', v')``
+    (``decay``: see :func:`adam_step`)."""
+    exp_avg, exp_avg_sq, direction = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, decay=decay)
     return direction * -_step_rate(scalars), exp_avg, exp_avg_sq
 
 
@@ -280,10 +331,15 @@ def protected_element_step(
     anchor: torch.Tensor,
     coefficients: torch.Tensor,
     scalars: torch.Tensor,
+    *,
+    decay: bool | None = None,
+    pulls: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The per-element step with the tokens' coefficients (:func:`protected_update`); returns ``(u, m', v')``."""
-    exp_avg, exp_avg_sq, direction = adam_step(grad, param, exp_avg, exp_avg_sq, scalars)
-    return protected_update(direction, log_importance, param, anchor, coefficients, _step_rate(scalars)), exp_avg, exp_avg_sq
+    """The per-element step with the tokens' coefficients (:func:`protected_update`); returns ``(u, m', v')``
+    (``decay``: see :func:`adam_step`; ``pulls``: see :func:`protected_update`)."""
+    exp_avg, exp_avg_sq, direction = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, decay=decay)
+    update = protected_update(direction, log_importance, param, anchor, coefficients, _step_rate(scalars), pulls=pulls)
+    return update, exp_avg, exp_avg_sq
 
 
 class StepGraph(nn.Module):

@@ -35,6 +35,16 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
+def _flat_alias(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s elements as a detached 1-D tensor that is not a view (a copy only where
+    ``tensor`` is not contiguous); it shares ``tensor``'s memory and version counter.
+
+    ``torch.compile`` guards on the base of a view passed to it: windows sliced from tensors of
+    different ranks would each compile the step anew. Sliced from this, they share one base rank.
+    """
+    return tensor.reshape(-1).detach()
+
+
 class TorchBuffers:
     """:class:`~lto_runtime.Buffers` as float32 torch tensors on ``device``: a device-resident engine.
 
@@ -49,8 +59,10 @@ class TorchBuffers:
         return torch.zeros(shape, dtype=torch.float32, device=self.device)
 
     def upload(self, host: np.ndarray) -> torch.Tensor:
-        """``host`` as a contiguous float32 tensor on the device."""
-        return torch.from_numpy(np.ascontiguousarray(host, dtype=np.float32)).to(self.device)
+        """``host`` as a contiguous float32 tensor on the device (sharing ``host``'s memory on the
+        CPU when it is one already, as :meth:`~lto_runtime.HostBuffers.upload` does)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(host, dtype=np.float32))
+        return tensor if self.device.type == "cpu" else tensor.to(self.device)
 
     def download(self, array: torch.Tensor) -> np.ndarray:
         """``array`` copied to a host NumPy array."""
@@ -63,7 +75,7 @@ class TorchBuffers:
         if not present:
             return []
         # A finite sum proves every element finite in one read-only pass (as HostBuffers.nonfinite).
-        finite = torch.stack([a.sum().isfinite() for _, a in present]).tolist()
+        finite = torch.stack([a.sum() for _, a in present]).isfinite().tolist()
         return [i for (i, a), ok in zip(present, finite) if not ok and not bool(torch.isfinite(a).all())]
 
     def energies(self, arrays: Sequence[torch.Tensor | None]) -> np.ndarray:
@@ -116,26 +128,30 @@ def step_tensors(engine: StepEngine, grads: Sequence[torch.Tensor | None], param
     """One engine step over torch tensors, adding the updates to ``params`` in place.
 
     With host buffers the engine reads float32 NumPy views of the tensors (copies only for other
-    dtypes or devices); with :class:`TorchBuffers` it reads the tensors themselves.
+    dtypes or devices); with :class:`TorchBuffers` it reads the tensors themselves, and a step
+    function that writes in place (the PyTorch step) adds the update of a contiguous float32
+    parameter's whole windows to it in the pass that computes it.
 
     Returns:
         Indices of tensors whose gradient (or stepped parameter) holds NaN or Inf; nothing changed then.
     """
-    view = (lambda t: t.detach()) if isinstance(engine.buffers, TorchBuffers) else _as_numpy
+    resident = isinstance(engine.buffers, TorchBuffers)
+    view = _flat_alias if resident else _as_numpy
     grads = [None if g is None else local_shard(g) for g in grads]
     params = [local_shard(p) for p in params]
+    in_place = [resident and p.dtype == torch.float32 and p.is_contiguous() for p in params]
     pending: dict[int, torch.Tensor] = {}
 
     def apply(index: int, start: int, stop: int, update) -> None:
         param = params[index]
-        values = torch.as_tensor(update, device=param.device)
+        values = update if resident else torch.as_tensor(update, device=param.device)
         if param.is_contiguous():
             param.view(-1)[start:stop].add_(values)
         else:
             # A strided parameter has no flat view to add into: gather its update, add it whole.
             pending.setdefault(index, torch.zeros(param.numel(), device=param.device))[start:stop] = values
 
-    bad = engine.step([None if g is None else view(g) for g in grads], [view(p) for p in params], hyper, apply)
+    bad = engine.step([None if g is None else view(g) for g in grads], [view(p) for p in params], hyper, apply, in_place)
     for index, update in pending.items():
         params[index].add_(update.view(params[index].shape))
     return bad

@@ -6,6 +6,11 @@ onnxruntime session, or any object with the same ``run(inputs, outputs)``), and 
 chunk's updates to the caller, who adds them to its parameters. Extra memory beyond the state is
 a fixed set of chunk-sized buffers, whatever the model size.
 
+A step function that can also write in place (:class:`InPlaceStepFunction`, the PyTorch step)
+skips the copies: it writes the new moments over the state, and where the caller says a
+parameter's own float32 memory may be updated (``in_place``) it steps all that tensor's whole
+windows in one call, adding the update to the parameter in the same pass.
+
 The buffers and the state are NumPy arrays in host memory by default (:class:`HostBuffers`). A
 front end can keep them on its framework's device instead by passing ``buffers=`` together with a
 step function bound to that device (:meth:`~lto_runtime.OptimizerSession.on_device`); the torch
@@ -29,6 +34,9 @@ MOMENT_NAMES: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
 #: calls cost less Python and binding overhead; the buffers, and so the step's extra memory, grow with it.
 MAX_BATCH_WINDOWS = 512
 
+#: Column of the ``active`` flag in the scalar rows.
+_ACTIVE = SCALAR_NAMES.index("active")
+
 #: ``apply(tensor_index, start, stop, update)``: add ``update`` (float32, 1-D, a view of the
 #: engine's buffers: NumPy with :class:`HostBuffers`) to the tensor's flat elements ``[start, stop)``.
 ApplyFn = Callable[[int, int, int, Any], None]
@@ -47,6 +55,21 @@ class StepFunction(Protocol):
 
     def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Compute the step for the windows in ``inputs`` and write ``update`` and ``new_state`` into ``outputs``."""
+
+
+class InPlaceStepFunction(StepFunction, Protocol):
+    """A :class:`StepFunction` that can also write a step where the engine keeps its results (the
+    PyTorch step, :class:`lto_core.executor.TorchStepFunction`); the engine uses it when present.
+
+    ``step_in_place(inputs, update)`` computes what :meth:`run` computes for a call that lists no
+    window, every window active, and writes the new moments over ``inputs["exp_avg"]`` and
+    ``inputs["exp_avg_sq"]``, and the update into ``update``, or, with ``update=None``, adds it to
+    ``inputs["param"]`` itself. It reads ``grad``, ``param``, the state slots, ``coefficients``
+    and ``scalars`` (a call over a tensor's whole windows passes only those).
+    """
+
+    def step_in_place(self, inputs: dict[str, Any], update: Any | None = None) -> None:
+        """Step the windows in ``inputs`` in place (see the class docstring)."""
 
 
 class Buffers(Protocol):
@@ -124,11 +147,13 @@ def _is_float32(array: Any) -> bool:
 
 def flat_view(array: Any) -> Any:
     """1-D C-order view of ``array`` (a copy when ``array`` is not contiguous)."""
-    flat = array.reshape(-1)
-    # A strided 1-D array reshapes to itself; the step binds whole windows in place, contiguous.
-    if hasattr(flat, "flags"):
+    if hasattr(array, "flags"):
+        flat = array.reshape(-1)
+        # A strided 1-D array reshapes to itself; the step binds whole windows in place, contiguous.
         return flat if flat.flags.c_contiguous else np.ascontiguousarray(flat)
-    return flat.contiguous()
+    if array.ndim == 1 and array.is_contiguous():
+        return array  # the torch front end hands over flat tensors already
+    return array.reshape(-1).contiguous()
 
 
 class StepEngine:
@@ -158,6 +183,9 @@ class StepEngine:
         if isinstance(max_batch_windows, bool) or not isinstance(max_batch_windows, (int, np.integer)) or max_batch_windows < 1:
             raise ValueError(f"Invalid max_batch_windows: {max_batch_windows!r}; must be an int >= 1")
         self.step_function = step_function
+        # A step function that writes in place (InPlaceStepFunction) gets no output buffers to copy
+        # from: it writes the new moments over the state and adds updates to the parameters.
+        self._in_place = callable(getattr(step_function, "step_in_place", None))
         #: Where the window buffers and the state live.
         self.buffers: Buffers = HostBuffers() if buffers is None else buffers
         window, chunk = step_function.window, step_function.chunk
@@ -170,13 +198,34 @@ class StepEngine:
         most = max((c.windows for c in self.chunks), default=0)
         # Per chunk: every state input of the step (slots and coefficients) by name.
         self._state = [self._new_state(c.windows) for c in self.chunks]
+        # A step function that writes in place steps all whole windows of a tensor in one call
+        # (see _step_whole_windows): their state is one block, its chunks' states views of it.
+        self._block_chunks = self._whole_window_chunks() if self._in_place else {}
+        self._blocks: dict[int, dict[str, Any]] = {}
+        for tensor, ks in self._block_chunks.items():
+            block = self._blocks[tensor] = self._new_state(sum(self.chunks[k].windows for k in ks))
+            first = 0
+            for k in ks:
+                windows = self.chunks[k].windows
+                self._state[k] = {name: slot[first : first + windows] for name, slot in block.items()}
+                first += windows
         # The step writes new moments here; a chunk of the largest size swaps them in, a smaller
         # one copies them (state is never allocated beyond the chunk's own size).
         self._spare = {name: self.buffers.zeros((most, window, chunk)) for name in MOMENT_NAMES}
         self._grad, self._param, self._mask, self._update = (self.buffers.zeros((most, window, chunk)) for _ in range(4))
         self._ones = self.buffers.upload(np.ones((most, window, chunk), np.float32))
         self._no_windows = self.buffers.zeros((0,))
+        # The chunk whose mask and padding the window buffers hold (see _window_inputs).
+        self._laid_out: int | None = None
         self._empty_outputs = {last: self.buffers.zeros((0, window, last)) for last in (chunk, len(TOKEN_STATE_NAMES))}
+
+    def _whole_window_chunks(self) -> dict[int, list[int]]:
+        """Indices of each tensor's chunks of whole windows (:attr:`Chunk.direct`), in order."""
+        out: dict[int, list[int]] = {}
+        for k, chunk in enumerate(self.chunks):
+            if chunk.direct:
+                out.setdefault(chunk.pieces[0].tensor, []).append(k)
+        return out
 
     def _new_state(self, windows: int) -> dict[str, Any]:
         w, c = self.layout.window, self.layout.chunk
@@ -194,6 +243,7 @@ class StepEngine:
         params: Sequence[Any],
         hyper: np.ndarray,
         apply: ApplyFn,
+        in_place: Sequence[bool] | None = None,
     ) -> list[int]:
         """One optimizer step.
 
@@ -203,6 +253,10 @@ class StepEngine:
                 Both are arrays the engine's buffers accept: NumPy with :class:`HostBuffers`.
             hyper: ``[tensors, len(HYPER_NAMES)]`` rows of lr, beta1, beta2, eps, weight_decay.
             apply: receives the updates (see :data:`ApplyFn`).
+            in_place: per tensor, whether ``params[i]`` is the parameter's own memory (float32,
+                C-contiguous) and may be updated there. With a step function that writes in place
+                (:class:`InPlaceStepFunction`) the update of such a tensor's whole windows is added
+                to it in the pass that computes it, and ``apply`` does not receive it.
 
         Returns:
             Indices of tensors with a gradient whose gradient or parameter holds NaN or Inf. When
@@ -221,11 +275,19 @@ class StepEngine:
         scalars, boundary, refresh = self.counters.advance(active, hyper, energies)
         flat_grads = [None if g is None else flat_view(g) for g in grads]
         flat_params = [flat_view(p) for p in params]
+        # Tensors whose whole windows are stepped in one call, the update added to the parameter itself.
+        whole = {
+            t for t in self._blocks
+            if in_place is not None and in_place[t] and active[t] and _is_float32(flat_grads[t]) and _is_float32(flat_params[t])
+        }
+        for t in whole:
+            self._step_whole_windows(t, flat_grads, flat_params, scalars[t], boundary[t], refresh[t])
         for k, chunk in enumerate(self.chunks):
-            if not active[chunk.window_tensor].any():
-                continue
             owner = chunk.window_tensor
-            self._run_chunk(k, chunk, flat_grads, flat_params, scalars[owner], boundary[owner], refresh[owner])
+            stepped = active[owner]
+            if not stepped.any() or (chunk.direct and chunk.pieces[0].tensor in whole):
+                continue
+            self._run_chunk(k, chunk, flat_grads, flat_params, scalars[owner], boundary[owner], refresh[owner], bool(stepped.all()))
             update = self._update[: chunk.windows].reshape(-1)
             for piece in chunk.pieces:
                 if flat_grads[piece.tensor] is not None:
@@ -233,37 +295,33 @@ class StepEngine:
         return []
 
     def _run_chunk(
-        self, k: int, chunk: Chunk, grads: list, params: list, scalars: np.ndarray, boundary: np.ndarray, refresh: np.ndarray
+        self,
+        k: int,
+        chunk: Chunk,
+        grads: list,
+        params: list,
+        scalars: np.ndarray,
+        boundary: np.ndarray,
+        refresh: np.ndarray,
+        all_active: bool,
     ) -> None:
-        """Step one chunk; where windows consolidate a boundary or refresh their coefficients, a
-        first call computes only that (its update and moments are discarded), so the step proper
-        already uses the new importance, anchor and coefficients."""
+        """Step one chunk, its update into ``_update``; where windows consolidate a boundary or
+        refresh their coefficients, a first call computes only that (its update and moments are
+        discarded), so the step proper already uses the new importance, anchor and coefficients."""
         b = chunk.windows
-        grad, param, mask = self._window_inputs(chunk, grads, params)
         state = self._state[k]
-        inputs = {
-            "grad": grad, "param": param, "mask": mask, **{name: state[name] for name in STATE_NAMES},
-            "coefficients": state["coefficients"],
-            "scalars": self.buffers.upload(scalars),
-            "ctx": self._ctx[k],
-            "boundary_windows": self._no_windows,
-            "refresh_windows": self._no_windows,
-        }
-        outputs = {
-            "update": self._update[:b],
-            **{f"new_{name}": self._spare[name][:b] for name in MOMENT_NAMES},
-            "consolidated_log_importance": self._empty_outputs[self.layout.chunk],
-            "consolidated_anchor": self._empty_outputs[self.layout.chunk],
-            "refreshed_coefficients": self._empty_outputs[len(TOKEN_STATE_NAMES)],
-        }
-        consolidate, rerun = np.flatnonzero(boundary), np.flatnonzero(refresh)
-        if len(consolidate) or len(rerun):
-            self._update_listed_windows(state, inputs, outputs, consolidate, rerun)
+        inputs = self._chunk_inputs(k, chunk, grads, params, scalars)
+        if boundary.any() or refresh.any():
+            self._update_listed_windows(state, inputs, self._outputs(b), np.flatnonzero(boundary), np.flatnonzero(refresh))
         self.buffers.synchronize()
+        if self._in_place and all_active:
+            self.step_function.step_in_place(inputs, self._update[:b])
+            return
+        outputs = self._outputs(b)
         self.step_function.run(inputs, outputs)
         # Tensors without a gradient were not stepped: they keep their moments (the graph's
         # outputs for their windows are not meaningful).
-        idle = np.flatnonzero(scalars[:, SCALAR_NAMES.index("active")] == 0)
+        idle = np.flatnonzero(scalars[:, _ACTIVE] == 0)
         for name in MOMENT_NAMES:
             if len(idle):
                 outputs[f"new_{name}"][idle] = state[name][idle]
@@ -271,6 +329,53 @@ class StepEngine:
                 state[name], self._spare[name] = self._spare[name], state[name]
             else:
                 state[name][:] = outputs[f"new_{name}"]
+
+    def _chunk_inputs(self, k: int, chunk: Chunk, grads: list, params: list, scalars: np.ndarray) -> dict[str, Any]:
+        """Every input of the step for chunk ``k``, no window listed."""
+        grad, param, mask = self._window_inputs(k, chunk, grads, params)
+        return {
+            "grad": grad, "param": param, "mask": mask, **self._state[k],
+            "scalars": self.buffers.upload(scalars),
+            "ctx": self._ctx[k],
+            "boundary_windows": self._no_windows,
+            "refresh_windows": self._no_windows,
+        }
+
+    def _step_whole_windows(self, tensor: int, grads: list, params: list, scalars: np.ndarray, boundary: bool, refresh: bool) -> None:
+        """Step every whole window of ``tensor`` (a float32 parameter that may be updated in place)
+        in one in-place call over its state block, the update added to the parameter itself.
+
+        Consolidation and the network still run chunk by chunk, so their memory stays bounded.
+        """
+        if boundary or refresh:
+            for k in self._block_chunks[tensor]:
+                chunk = self.chunks[k]
+                inputs = self._chunk_inputs(k, chunk, grads, params, np.broadcast_to(scalars, (chunk.windows, len(scalars))))
+                every, none = np.arange(chunk.windows), np.arange(0)
+                self._update_listed_windows(
+                    self._state[k], inputs, self._outputs(chunk.windows), every if boundary else none, every if refresh else none
+                )
+        block = self._blocks[tensor]
+        windows = len(block["exp_avg"])
+        shape = (windows, self.layout.window, self.layout.chunk)
+        stop = windows * self.layout.window_elements
+        inputs = {
+            "grad": grads[tensor][:stop].reshape(shape), "param": params[tensor][:stop].reshape(shape), **block,
+            "scalars": self.buffers.upload(np.broadcast_to(scalars, (windows, len(scalars)))),
+        }
+        self.buffers.synchronize()
+        self.step_function.step_in_place(inputs)
+
+    def _outputs(self, b: int) -> dict[str, Any]:
+        """Where a call over ``b`` windows writes: the update and new moments into the engine's
+        buffers, nothing listed."""
+        return {
+            "update": self._update[:b],
+            **{f"new_{name}": self._spare[name][:b] for name in MOMENT_NAMES},
+            "consolidated_log_importance": self._empty_outputs[self.layout.chunk],
+            "consolidated_anchor": self._empty_outputs[self.layout.chunk],
+            "refreshed_coefficients": self._empty_outputs[len(TOKEN_STATE_NAMES)],
+        }
 
     def _update_listed_windows(
         self, state: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any], consolidate: np.ndarray, rerun: np.ndarray
@@ -297,8 +402,8 @@ class StepEngine:
         """``windows`` (indices within a chunk) as the float32 input the step reads."""
         return self.buffers.upload(windows.astype(np.float32))
 
-    def _window_inputs(self, chunk: Chunk, grads: list, params: list) -> tuple[Any, Any, Any]:
-        """The chunk's ``grad``, ``param`` and ``mask`` windows.
+    def _window_inputs(self, k: int, chunk: Chunk, grads: list, params: list) -> tuple[Any, Any, Any]:
+        """The ``grad``, ``param`` and ``mask`` windows of chunk ``k``.
 
         Whole windows of a float32 tensor are views of its own memory (no copy); everything else
         is copied into the engine's window buffers, with zeros in the padding.
@@ -312,16 +417,22 @@ class StepEngine:
                 return grad[piece.start : piece.stop].reshape(shape), param[piece.start : piece.stop].reshape(shape), self._ones[:b]
         grad, param, mask = self._grad[:b], self._param[:b], self._mask[:b]
         g_flat, p_flat, m_flat = grad.reshape(-1), param.reshape(-1), mask.reshape(-1)
+        # The mask and the padding depend on the chunk alone: when the buffers last held this
+        # chunk (a model whose last windows fit one chunk), they are in place already.
+        laid_out = self._laid_out == k
         for piece in chunk.pieces:
             dst = slice(piece.offset, piece.offset + piece.stop - piece.start)
             src = grads[piece.tensor]
             g_flat[dst] = 0.0 if src is None else src[piece.start : piece.stop]
             p_flat[dst] = params[piece.tensor][piece.start : piece.stop]
-            m_flat[dst] = 1.0
-        for offset, length in chunk.padding:
-            g_flat[offset : offset + length] = 0.0
-            p_flat[offset : offset + length] = 0.0
-            m_flat[offset : offset + length] = 0.0
+            if not laid_out:
+                m_flat[dst] = 1.0
+        if not laid_out:
+            for offset, length in chunk.padding:
+                g_flat[offset : offset + length] = 0.0
+                p_flat[offset : offset + length] = 0.0
+                m_flat[offset : offset + length] = 0.0
+        self._laid_out = k
         return grad, param, mask
 
     # -- state in and out, one tensor at a time ------------------------------------------------

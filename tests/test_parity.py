@@ -8,16 +8,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from helpers import digits_mlp, flat_params, outputs_like, train
+from helpers import digits_mlp, flat_params, frozen, outputs_like, train
 from lto_adapters.torch import LTO
 from lto_core.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from lto_core.executor import TorchStepFunction
 from lto_export.onnx_export import example_inputs
 from lto_export.validate import output_difference, validate_file
 from lto_runtime import OptimizerSession, default_model_path
-from lto_runtime.format import INPUT_NAMES
+from lto_runtime.format import INPUT_NAMES, SCALAR_NAMES, TOKEN_STATE_NAMES
 
 
 def test_random_head_file_matches_torch_step_on_random_windows(random_head_files):
@@ -33,6 +34,34 @@ def test_random_head_file_matches_torch_step_on_random_windows(random_head_files
         assert np.abs(outs[1]["refreshed_coefficients"]).max() > 0
         for key in outs[0]:
             assert output_difference(outs[1][key], outs[0][key]) < 1e-5
+
+
+@pytest.mark.parametrize("coefficients", ["zero", "gate", "gate and pull"])
+@pytest.mark.parametrize("compile", [False, True])
+def test_step_in_place_writes_what_run_outputs(random_head_files, coefficients, compile):
+    """The torch backend's in-place step (new moments over the old, the update added to the
+    parameter or written into a buffer) computes run()'s outputs, on each of the graph's branches."""
+    graph, _ = load_checkpoint(random_head_files[0])
+    inputs = dict(zip(INPUT_NAMES, (x.numpy() for x in example_inputs(graph, windows=5, seed=2))))
+    inputs["boundary_windows"] = inputs["refresh_windows"] = np.zeros(0, np.float32)
+    inputs["scalars"][:, SCALAR_NAMES.index("weight_decay")] = 0.01
+    if coefficients == "zero":
+        inputs["coefficients"][:] = 0.0
+    elif coefficients == "gate":
+        inputs["coefficients"][..., TOKEN_STATE_NAMES.index("pull")] = 0.0
+    expected = outputs_like(inputs)
+    TorchStepFunction(graph, compile=False).run(inputs, expected)
+    step = TorchStepFunction(graph, compile=compile)
+    for onto_param in (True, False):
+        written = {name: array.copy() for name, array in inputs.items()}
+        update = None if onto_param else np.full_like(expected["update"], np.nan)
+        step.step_in_place({name: torch.from_numpy(array) for name, array in written.items()}, None if onto_param else torch.from_numpy(update))
+        got = written["param"] - inputs["param"] if onto_param else update
+        assert output_difference(expected["update"], got) < 1e-5
+        assert output_difference(expected["new_exp_avg"], written["exp_avg"]) < 1e-6
+        assert output_difference(expected["new_exp_avg_sq"], written["exp_avg_sq"]) < 1e-6
+        for name in ("grad", "mask", "log_importance", "anchor", "coefficients", "scalars", "ctx") + (() if onto_param else ("param",)):
+            np.testing.assert_array_equal(written[name], inputs[name])
 
 
 def test_backends_agree_along_a_trajectory_with_boundaries(random_head_files):
@@ -90,3 +119,54 @@ print("difference", float((flat_params(models[0]) - flat_params(models[1])).abs(
     assert "compiled False" in result.stdout
     assert float(result.stdout.split("difference")[1]) < 1e-5
     assert result.stderr.count("no C++ compiler found") == 1
+
+
+def test_torch_backend_matches_onnx_on_every_kind_of_parameter(random_head_files, one_torch_thread):
+    """backend='torch' adds the update straight into contiguous float32 parameters and moments;
+    strided, float64, one-window and tail-only parameters, a parameter without a gradient on some
+    steps, weight decay in one group, boundaries (the network's gate and pull act) and a refused
+    NaN gradient all give the onnx backend's step."""
+    checkpoint, onnx_path = random_head_files
+    rng = np.random.default_rng(0)
+    values = [
+        rng.normal(size=(70, 40)),  # whole windows and a tail
+        rng.normal(size=(40, 70)).T,  # strided: no flat view to add into
+        rng.normal(size=1500),  # float64
+        rng.normal(size=1024),  # exactly one window
+        rng.normal(size=5),  # a tail alone
+    ]
+    dtypes = [torch.float32, torch.float32, torch.float64, torch.float32, torch.float32]
+
+    def make(backend):
+        params = [torch.nn.Parameter(torch.tensor(v, dtype=d)) for v, d in zip(values, dtypes)]
+        groups = [{"params": params[:3], "weight_decay": 0.01}, {"params": params[3:]}]
+        if backend == "onnx":
+            return params, LTO(groups, lr=3e-3, onnx_path=onnx_path)
+        return params, LTO(groups, lr=3e-3, backend="torch", checkpoint=checkpoint)
+
+    (onnx_params, onnx_opt), (torch_params, torch_opt) = make("onnx"), make("torch")
+    assert not torch_params[1].is_contiguous()
+    for step in range(24):
+        grads = [rng.normal(size=v.shape) for v in values]
+        if step == 13:
+            grads[2][7] = np.nan
+        for params, opt in ((onnx_params, onnx_opt), (torch_params, torch_opt)):
+            for i, (p, g) in enumerate(zip(params, grads)):
+                p.grad = None if (i == 4 and step % 3 == 0) else torch.tensor(g, dtype=p.dtype)
+            if step in (6, 16):
+                opt.task_boundary()
+            if step == 13:
+                before = [p.detach().clone() for p in params], frozen(opt.state_dict())
+                with pytest.warns(RuntimeWarning, match="non-finite"):
+                    opt.step()
+                assert all(torch.equal(a, b) for a, b in zip(before[0], params)) and frozen(opt.state_dict()) == before[1]
+            else:
+                opt.step()
+        for a, b in zip(onnx_params, torch_params):
+            torch.testing.assert_close(b.detach().double(), a.detach().double(), rtol=0.0, atol=1e-5)
+    state = torch_opt.engine.tensor_state(0)
+    assert np.abs(state["coefficients"][:, 2]).max() > 0  # the pull acted
+    for i in range(len(values)):
+        a, b = onnx_opt.engine.tensor_state(i), torch_opt.engine.tensor_state(i)
+        for key in ("exp_avg", "exp_avg_sq", "log_importance", "anchor", "coefficients"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5)
