@@ -206,7 +206,7 @@ def test_cuda_tensors_step_on_the_device_and_match_the_cpu():
     gpu_opt = TorchLTO(gpu_model.parameters(), lr=3e-3, providers="auto")
     assert gpu_opt.runtime.providers[0] == "CUDAExecutionProvider"
     assert isinstance(gpu_opt.engine.buffers, TorchBuffers)
-    assert all(s.device.type == "cuda" for s in gpu_opt.engine._state)
+    assert all(slot.device.type == "cuda" for state in gpu_opt.engine._state for slot in state.values())
     train(cpu_model, cpu_opt, 20)
     for x, y in digits_batches(20):
         gpu_opt.zero_grad()
