@@ -300,7 +300,7 @@ def test_bench_speed_quick(tmp_path):
     payload = json.loads((tmp_path / "results.json").read_text())
     assert {r["optimizer"] for r in payload["records"]} == {"lto-onnx", "lto-torch", "adam", "adam-foreach", "sgd"}
     for record in payload["records"]:
-        for key in ("median_ms", "min_ms", "max_ms", "ratio_to_reference", "params_per_second", "extra_memory_mib", "state_memory_mib"):
+        for key in ("median_ms", "mean_ms", "min_ms", "max_ms", "ratio_to_reference", "params_per_second", "extra_memory_mib", "state_memory_mib"):
             assert key in record
         assert len(record["times_s"]) == 2 and record["size"] == 2000
     assert next(r for r in payload["records"] if r["optimizer"] == "adam")["ratio_to_reference"] == 1.0
@@ -309,6 +309,19 @@ def test_bench_speed_quick(tmp_path):
     assert set(iterations) == {"lto-onnx", "lto-torch", "adam", "adam-foreach", "sgd"}
     assert iterations["adam"]["ratio_to_reference"] == 1.0 and all(r["median_ms"] > 0 for r in iterations.values())
     assert "Whole training iteration" in (tmp_path / "results.md").read_text()
+
+
+def test_bench_speed_after_a_boundary_times_the_consolidating_step_and_compares_means(tmp_path):
+    """--after-boundary: the timed steps follow task_boundary(), so they include the rare
+    consolidating and refreshing steps, which a median would hide: ratios are of mean times."""
+    output = _invoke(["bench", "speed", "--sizes", "2e3", "--repeats", "12", "--threads", "1", "--no-memory",
+                      "--optimizers", "adam,lto-onnx", "--after-boundary", "--out", str(tmp_path)])
+    assert "| mean ms |" in output
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["config"]["after_boundary"] is True
+    rows = {r["optimizer"]: r for r in payload["records"]}
+    assert rows["lto-onnx"]["ratio_to_reference"] == pytest.approx(rows["lto-onnx"]["mean_ms"] / rows["adam"]["mean_ms"])
+    assert len(rows["lto-onnx"]["times_s"]) == 12
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from Linux's /proc")

@@ -47,8 +47,8 @@ _MIB = 1024.0 * 1024.0
 @dataclass(frozen=True)
 class SpeedConfig:
     """Sizes (total parameter counts), torch threads (``None``: torch's default), timed steps per
-    size (``None``: :func:`default_repeats`), whether to measure memory, and steps taken while
-    measuring it."""
+    size (``None``: :func:`default_repeats`), whether to measure memory, steps taken while
+    measuring it, and whether the timed steps follow a task boundary."""
 
     sizes: tuple[int, ...] = (100_000, 1_000_000, 10_000_000)
     threads: int | None = None
@@ -57,6 +57,9 @@ class SpeedConfig:
     memory_steps: int = 2
     #: Also time whole training iterations of the :data:`ITERATION_MLP` model (``"mlp"``), or not (``None``).
     iteration: str | None = None
+    #: Call ``task_boundary()`` (optimizers that have one) before the timed steps, so they include
+    #: the boundary's consolidation and the network's refreshes; ratios are then of means.
+    after_boundary: bool = False
 
     def __post_init__(self) -> None:
         if not self.sizes or min(self.sizes) < 4:
@@ -99,9 +102,12 @@ def make_parameters(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[to
     return params
 
 
-def time_steps(optimizer: torch.optim.Optimizer, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls to ``optimizer.step()``, after one untimed step."""
+def time_steps(optimizer: torch.optim.Optimizer, repeats: int, after_boundary: bool = False) -> list[float]:
+    """Seconds of each of ``repeats`` calls to ``optimizer.step()``, after one untimed step (and,
+    with ``after_boundary``, a ``task_boundary()`` call, so the first timed step consolidates)."""
     optimizer.step()
+    if after_boundary and hasattr(optimizer, "task_boundary"):
+        optimizer.task_boundary()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -215,8 +221,8 @@ def measure_memory(make: OptimizerFactory, shapes: list[tuple[int, ...]], thread
     return int(value), int(state)
 
 
-def speed_table(rows: list[dict[str, Any]]) -> str:
-    """The markdown table: one row per size and optimizer."""
+def speed_table(rows: list[dict[str, Any]], means: bool = False) -> str:
+    """The markdown table: one row per size and optimizer (with ``means``, a mean column too)."""
     cells = []
     for r in rows:
         memory = "n/a" if r["extra_memory_mib"] is None else f"{r['extra_memory_mib']:.1f}"
@@ -226,6 +232,7 @@ def speed_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['size']:.0e}".replace("e+0", "e"),
                 f"`{r['optimizer']}`",
                 f"{r['median_ms']:.2f}",
+                *([f"{r['mean_ms']:.2f}"] if means else []),
                 f"{r['min_ms']:.2f}–{r['max_ms']:.2f}",
                 f"{r['ratio_to_reference']:.2f}",
                 f"{r['params_per_second']:.3g}",
@@ -233,7 +240,7 @@ def speed_table(rows: list[dict[str, Any]]) -> str:
                 state,
             ]
         )
-    header = ["size", "optimizer", "median ms", "min–max ms", "x reference", "params/s", "extra MiB", "state MiB"]
+    header = ["size", "optimizer", "median ms", *(["mean ms"] if means else []), "min–max ms", "x reference", "params/s", "extra MiB", "state MiB"]
     return markdown_table(header, cells)
 
 
@@ -247,8 +254,9 @@ def run_speed(
 ) -> dict[str, Any]:
     """Time and measure every method at every size; write ``results.json`` and ``results.md``.
 
-    ``reference`` names the method whose median the ratios divide by. ``progress(label)`` is
-    told when each measurement starts. Returns the payload plus ``"table"`` (markdown).
+    ``reference`` names the method whose median the ratios divide by (whose mean, with
+    ``config.after_boundary``: the rare boundary and refresh steps are then the point, and a
+    median would hide them). ``progress(label)`` is told when each measurement starts. Returns the payload plus ``"table"`` (markdown).
     """
     if reference not in methods:
         raise ValueError(f"reference optimizer {reference!r} is not among {list(methods)}")
@@ -260,27 +268,28 @@ def run_speed(
     memory_errors: list[str] = []
     for size in config.sizes:
         shapes = speed_shapes(size)
-        repeats = config.repeats or default_repeats(size)
+        repeats = config.repeats or (max(30, default_repeats(size)) if config.after_boundary else default_repeats(size))
         params = make_parameters(shapes)
         medians = {}
         for name, make in methods.items():
             if progress is not None:
                 progress(f"{name} @ {size:.0e}")
             optimizer = make(params)
-            times = time_steps(optimizer, repeats)
+            times = time_steps(optimizer, repeats, config.after_boundary)
             del optimizer
             gc.collect()
-            medians[name] = statistics.median(times)
+            medians[name] = statistics.mean(times) if config.after_boundary else statistics.median(times)
             row = {
                 "size": size,
                 "optimizer": name,
                 "shapes": shapes,
                 "repeats": repeats,
                 "times_s": rounded(times, 7),
-                "median_ms": 1e3 * medians[name],
+                "median_ms": 1e3 * statistics.median(times),
+                "mean_ms": 1e3 * statistics.mean(times),
                 "min_ms": 1e3 * min(times),
                 "max_ms": 1e3 * max(times),
-                "params_per_second": size / medians[name],
+                "params_per_second": size / statistics.median(times),
                 "extra_memory_mib": None,
                 "state_memory_mib": None,
             }
@@ -294,7 +303,7 @@ def run_speed(
         del params
         for row in rows[-len(methods) :]:
             row["ratio_to_reference"] = medians[row["optimizer"]] / medians[reference]
-    table = speed_table(rows)
+    table = speed_table(rows, means=config.after_boundary)
     iterations: list[dict[str, Any]] = []
     if config.iteration == "mlp":
         repeats = config.repeats or 20
@@ -322,7 +331,8 @@ def run_speed(
     write_json(out / "results.json", payload)
     heading = (
         f"`lto bench speed`: one optimizer step, torch threads {torch.get_num_threads()}; "
-        f"median and min–max over repeats; x reference = median / median of `{reference}`"
+        + (f"the timed steps follow a task boundary; median, mean and min–max over repeats; x reference = mean / mean of `{reference}`"
+           if config.after_boundary else f"median and min–max over repeats; x reference = median / median of `{reference}`")
     )
     (out / "results.md").write_text(heading + "\n\n" + table)
     return {**payload, "table": table}
