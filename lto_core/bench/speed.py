@@ -102,11 +102,24 @@ def make_parameters(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[to
     return params
 
 
+#: Untimed steps after a first, untimed task boundary (``after_boundary``): enough for one refresh
+#: of LTO's network, so one-time work (``torch.compile`` of the gated step) is not timed.
+WARM_STEPS_AFTER_BOUNDARY = 12
+
+
 def time_steps(optimizer: torch.optim.Optimizer, repeats: int, after_boundary: bool = False) -> list[float]:
-    """Seconds of each of ``repeats`` calls to ``optimizer.step()``, after one untimed step (and,
-    with ``after_boundary``, a ``task_boundary()`` call, so the first timed step consolidates)."""
+    """Seconds of each of ``repeats`` calls to ``optimizer.step()``, after one untimed step.
+
+    With ``after_boundary`` (optimizers with ``task_boundary()``), the untimed part also crosses
+    one task boundary and :data:`WARM_STEPS_AFTER_BOUNDARY` steps, and a second boundary comes just
+    before the timed steps, so the first timed step consolidates and the network refreshes every
+    ``refresh_every`` steps among them, as in continual training.
+    """
     optimizer.step()
     if after_boundary and hasattr(optimizer, "task_boundary"):
+        optimizer.task_boundary()
+        for _ in range(WARM_STEPS_AFTER_BOUNDARY):
+            optimizer.step()
         optimizer.task_boundary()
     times = []
     for _ in range(repeats):
