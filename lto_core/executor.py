@@ -104,6 +104,27 @@ def in_place_element_step(protected: bool, onto_param: bool, compiled: bool) -> 
     return torch.compile(chosen, fullgraph=True) if compiled else chosen
 
 
+def _consolidate_at(graph: StepGraph, at: torch.Tensor, param, mask, exp_avg_sq, log_importance, scalars) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`StepGraph.consolidate` of the windows ``at`` (gathered in the same compiled code)."""
+    return graph.consolidate(*(x[at] for x in (param, mask, exp_avg_sq, log_importance, scalars)))
+
+
+def _refresh_at(graph: StepGraph, at: torch.Tensor, grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx) -> torch.Tensor:
+    """:meth:`StepGraph.refresh_after_step` of the windows ``at`` (gathered in the same compiled code)."""
+    return graph.refresh_after_step(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
+
+
+@functools.cache
+def compiled_listed_steps() -> tuple[Callable, Callable]:
+    """:func:`_consolidate_at` and :func:`_refresh_at` through ``torch.compile``: consolidation,
+    and the token summaries, network and bounding of a refresh, as a few fused loops.
+
+    Compiled once per process; the step graph is an argument, so every graph of the same
+    configuration shares the code, its weights read as inputs. Shapes are dynamic.
+    """
+    return tuple(torch.compile(f, dynamic=True, fullgraph=True) for f in (_consolidate_at, _refresh_at))
+
+
 class TorchStepFunction:
     """Computes the step with ``graph`` in PyTorch.
 
@@ -151,6 +172,26 @@ class TorchStepFunction:
             else:
                 args = (*moments, scalars, decay)
             step(*args, *(() if update is None else (_as_tensor(update),)))
+
+    def run_listed(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        """What :meth:`run` writes into ``consolidated_log_importance``, ``consolidated_anchor`` and
+        ``refreshed_coefficients`` (the windows listed in ``boundary_windows`` and
+        ``refresh_windows``), without the step of every window: ``update`` and the new moments in
+        ``outputs`` are left as they are. The refresh computes the new moments of its windows alone.
+        Through ``torch.compile`` when the element step is (:func:`compiled_listed_steps`).
+        """
+        with torch.no_grad():
+            given = {name: _as_tensor(inputs[name]) for name in INPUT_NAMES}
+            consolidate, refresh = compiled_listed_steps() if self.compiled else (_consolidate_at, _refresh_at)
+            at = given["boundary_windows"].long()
+            if len(at):
+                consolidated, anchors = consolidate(self.graph, at, *(given[n] for n in ("param", "mask", "exp_avg_sq", "log_importance", "scalars")))
+                _as_tensor(outputs["consolidated_log_importance"]).copy_(consolidated)
+                _as_tensor(outputs["consolidated_anchor"]).copy_(anchors)
+            at = given["refresh_windows"].long()
+            if len(at):
+                names = ("grad", "param", "mask", "exp_avg", "exp_avg_sq", "log_importance", "anchor", "scalars", "ctx")
+                _as_tensor(outputs["refreshed_coefficients"]).copy_(refresh(self.graph, at, *(given[n] for n in names)))
 
     def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Read ``inputs`` and write every output into ``outputs`` in place (tensors or NumPy arrays)."""

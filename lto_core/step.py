@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from lto_core.network import NetworkConfig, TokenNetwork
+from lto_core.network import OUTPUTS, NetworkConfig, TokenNetwork
 from lto_runtime.format import SCALAR_NAMES
 
 #: Bound on the scale-free features, so no single token can dominate the network's input.
@@ -380,9 +380,7 @@ class StepGraph(nn.Module):
         if _nothing_at(at):
             consolidated = anchors = param[:0]
         else:
-            beta2, step = scalars[at, SCALAR_NAMES.index("beta2")], scalars[at, SCALAR_NAMES.index("step")]
-            consolidated = consolidate_importance(exp_avg_sq[at], (1.0 - beta2 ** (step - 1.0))[:, None, None], log_importance[at], mask[at])
-            anchors = param[at].clone()
+            consolidated, anchors = self.consolidate(*(x[at] for x in (param, mask, exp_avg_sq, log_importance, scalars)))
         adam, protected = self.element_steps
         update, exp_avg, exp_avg_sq = branch(
             (coefficients != 0).any(),
@@ -396,6 +394,62 @@ class StepGraph(nn.Module):
         else:
             refreshed = self.refresh(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
         return update, exp_avg, exp_avg_sq, consolidated, anchors, refreshed
+
+    def consolidate(
+        self, param: torch.Tensor, mask: torch.Tensor, exp_avg_sq: torch.Tensor, log_importance: torch.Tensor, scalars: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The consolidated importance and the new anchor of the windows given, read before this
+        step's gradient enters the moments (:func:`consolidate_importance`)."""
+        beta2, step = scalars[:, SCALAR_NAMES.index("beta2")], scalars[:, SCALAR_NAMES.index("step")]
+        consolidated = consolidate_importance(exp_avg_sq, (1.0 - beta2 ** (step - 1.0))[:, None, None], log_importance, mask)
+        return consolidated, param.clone()
+
+    def listed(
+        self,
+        grad: torch.Tensor,
+        param: torch.Tensor,
+        mask: torch.Tensor,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+        log_importance: torch.Tensor,
+        anchor: torch.Tensor,
+        scalars: torch.Tensor,
+        ctx: torch.Tensor,
+        boundary_windows: torch.Tensor,
+        refresh_windows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The last three outputs of :meth:`forward` (consolidated importance, anchors, refreshed
+        coefficients of the listed windows) without the step of every window.
+
+        For a call that only consolidates or refreshes, whose update and moments the caller
+        discards: the new moments the network reads are computed for the refreshed windows alone.
+        """
+        at = boundary_windows.long()
+        if _nothing_at(at):
+            consolidated = anchors = param[:0]
+        else:
+            consolidated, anchors = self.consolidate(*(x[at] for x in (param, mask, exp_avg_sq, log_importance, scalars)))
+        at = refresh_windows.long()
+        if _nothing_at(at):
+            return consolidated, anchors, ctx.new_zeros((0, self.config.window, OUTPUTS))
+        return consolidated, anchors, self.refresh_after_step(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
+
+    def refresh_after_step(
+        self,
+        grad: torch.Tensor,
+        param: torch.Tensor,
+        mask: torch.Tensor,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+        log_importance: torch.Tensor,
+        anchor: torch.Tensor,
+        scalars: torch.Tensor,
+        ctx: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`refresh` of the windows given, from the moments before this step: it computes
+        the new moments (Adam's, as every element step does; zero weight decay adds zero) first."""
+        exp_avg, exp_avg_sq, _ = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, decay=True)
+        return self.refresh(grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)
 
     def refresh(
         self,

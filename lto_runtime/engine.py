@@ -72,6 +72,19 @@ class InPlaceStepFunction(StepFunction, Protocol):
         """Step the windows in ``inputs`` in place (see the class docstring)."""
 
 
+class ListedStepFunction(StepFunction, Protocol):
+    """A :class:`StepFunction` that can compute the outputs of the listed windows alone (the
+    PyTorch step); the engine uses it for the calls that only consolidate or refresh.
+
+    ``run_listed(inputs, outputs)`` writes what :meth:`run` writes into
+    ``consolidated_log_importance``, ``consolidated_anchor`` and ``refreshed_coefficients``, and
+    need not write ``update`` or the new moments, which the engine discards in those calls.
+    """
+
+    def run_listed(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        """Compute the listed windows' outputs (see the class docstring)."""
+
+
 class Buffers(Protocol):
     """Where a :class:`StepEngine` keeps its window buffers and state, and how data gets there.
 
@@ -186,6 +199,9 @@ class StepEngine:
         # A step function that writes in place (InPlaceStepFunction) gets no output buffers to copy
         # from: it writes the new moments over the state and adds updates to the parameters.
         self._in_place = callable(getattr(step_function, "step_in_place", None))
+        # One that computes the listed windows' outputs alone (ListedStepFunction) serves the calls
+        # that only consolidate or refresh; otherwise run() computes them with a discarded step.
+        self._run_listed = getattr(step_function, "run_listed", None) or step_function.run
         #: Where the window buffers and the state live.
         self.buffers: Buffers = HostBuffers() if buffers is None else buffers
         window, chunk = step_function.window, step_function.chunk
@@ -306,8 +322,9 @@ class StepEngine:
         all_active: bool,
     ) -> None:
         """Step one chunk, its update into ``_update``; where windows consolidate a boundary or
-        refresh their coefficients, a first call computes only that (its update and moments are
-        discarded), so the step proper already uses the new importance, anchor and coefficients."""
+        refresh their coefficients, a first call computes only that (with ``run_listed`` where the
+        step function has it; a ``run`` computes an update and moments that are discarded), so the
+        step proper already uses the new importance, anchor and coefficients."""
         b = chunk.windows
         state = self._state[k]
         inputs = self._chunk_inputs(k, chunk, grads, params, scalars)
@@ -389,13 +406,13 @@ class StepEngine:
                 "consolidated_anchor": self.buffers.zeros((len(consolidate), w, self.layout.chunk)),
             }
             self.buffers.synchronize()
-            self.step_function.run({**inputs, "boundary_windows": self._listed(consolidate)}, {**outputs, **listed})
+            self._run_listed({**inputs, "boundary_windows": self._listed(consolidate)}, {**outputs, **listed})
             state["log_importance"][consolidate] = listed["consolidated_log_importance"]
             state["anchor"][consolidate] = listed["consolidated_anchor"]
         if len(rerun):
             listed = {"refreshed_coefficients": self.buffers.zeros((len(rerun), w, len(TOKEN_STATE_NAMES)))}
             self.buffers.synchronize()
-            self.step_function.run({**inputs, "refresh_windows": self._listed(rerun)}, {**outputs, **listed})
+            self._run_listed({**inputs, "refresh_windows": self._listed(rerun)}, {**outputs, **listed})
             state["coefficients"][rerun] = listed["refreshed_coefficients"]
 
     def _listed(self, windows: np.ndarray) -> Any:

@@ -64,6 +64,25 @@ def test_step_in_place_writes_what_run_outputs(random_head_files, coefficients, 
             np.testing.assert_array_equal(written[name], inputs[name])
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_run_listed_writes_what_run_outputs_for_the_listed_windows(random_head_files, compile):
+    """The torch backend's consolidate- or refresh-only call (no step of every window) gives run()'s
+    consolidated importance, anchors and refreshed coefficients, with weight decay in some windows."""
+    graph, _ = load_checkpoint(random_head_files[0])
+    inputs = dict(zip(INPUT_NAMES, (x.numpy() for x in example_inputs(graph, windows=7, seed=4))))
+    inputs["scalars"][::2, SCALAR_NAMES.index("weight_decay")] = 0.01
+    listed = {"boundary_windows": np.array([1, 4, 6], np.float32), "refresh_windows": np.array([0, 2, 3, 6], np.float32)}
+    step = TorchStepFunction(graph, compile=compile)
+    for name, windows in listed.items():
+        case = {**inputs, "boundary_windows": np.zeros(0, np.float32), "refresh_windows": np.zeros(0, np.float32), name: windows}
+        expected, got = outputs_like(case), outputs_like(case)
+        TorchStepFunction(graph, compile=False).run(case, expected)
+        step.run_listed(case, got)
+        for key in ("consolidated_log_importance", "consolidated_anchor", "refreshed_coefficients"):
+            assert output_difference(expected[key], got[key]) < 1e-5
+    assert np.abs(got["refreshed_coefficients"]).max() > 0
+
+
 def test_backends_agree_along_a_trajectory_with_boundaries(random_head_files):
     """Two models trained by the two backends stay together (the network really acts here)."""
     checkpoint, onnx_path = random_head_files
