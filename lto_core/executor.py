@@ -6,7 +6,8 @@ whatever the buffers are: torch tensors on the parameters' device (the adapter's
 NumPy arrays, shared without copies. Besides ``run``, it steps in place
 (:class:`~lto_runtime.engine.InPlaceStepFunction`): one compiled loop per call that writes the
 new moments over the state and adds the update to the parameters, which the engine uses for
-every ordinary step.
+every ordinary step; and it computes the consolidated importance and refreshed coefficients of
+the listed windows alone (``run_listed``), which the engine uses for the calls that only do that.
 """
 
 from __future__ import annotations
@@ -130,9 +131,9 @@ class TorchStepFunction:
 
     Args:
         graph: the step graph.
-        compile: run the per-element part through ``torch.compile`` (:func:`in_place_element_step`
-            and :func:`compiled_element_steps`, the fast path; the network and consolidation, which
-            touch few windows, stay eager);
+        compile: run the step through ``torch.compile`` (:func:`in_place_element_step` and
+            :func:`compiled_element_steps` for the element step, the fast path;
+            :func:`compiled_listed_steps` for consolidation and the network's refresh);
             ``None`` compiles where a C++ compiler exists and otherwise runs eagerly, saying so
             once at INFO on the ``lto_core`` logger. Both compute the same function.
     """
