@@ -376,11 +376,7 @@ class StepGraph(nn.Module):
         (the engine keeps the old state of tensors it did not step).
         """
         # Consolidation reads the finished task's second moment, before this step's gradient enters it.
-        at = boundary_windows.long()
-        if _nothing_at(at):
-            consolidated = anchors = param[:0]
-        else:
-            consolidated, anchors = self.consolidate(*(x[at] for x in (param, mask, exp_avg_sq, log_importance, scalars)))
+        consolidated, anchors = self._consolidate_at(boundary_windows.long(), param, mask, exp_avg_sq, log_importance, scalars)
         adam, protected = self.element_steps
         update, exp_avg, exp_avg_sq = branch(
             (coefficients != 0).any(),
@@ -394,6 +390,15 @@ class StepGraph(nn.Module):
         else:
             refreshed = self.refresh(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
         return update, exp_avg, exp_avg_sq, consolidated, anchors, refreshed
+
+    def _consolidate_at(
+        self, at: torch.Tensor, param: torch.Tensor, mask: torch.Tensor, exp_avg_sq: torch.Tensor, log_importance: torch.Tensor,
+        scalars: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`consolidate` of the windows ``at`` (gathered by index); empty when none is listed."""
+        if _nothing_at(at):
+            return param[:0], param[:0]
+        return self.consolidate(*(x[at] for x in (param, mask, exp_avg_sq, log_importance, scalars)))
 
     def consolidate(
         self, param: torch.Tensor, mask: torch.Tensor, exp_avg_sq: torch.Tensor, log_importance: torch.Tensor, scalars: torch.Tensor
@@ -424,11 +429,7 @@ class StepGraph(nn.Module):
         For a call that only consolidates or refreshes, whose update and moments the caller
         discards: the new moments the network reads are computed for the refreshed windows alone.
         """
-        at = boundary_windows.long()
-        if _nothing_at(at):
-            consolidated = anchors = param[:0]
-        else:
-            consolidated, anchors = self.consolidate(*(x[at] for x in (param, mask, exp_avg_sq, log_importance, scalars)))
+        consolidated, anchors = self._consolidate_at(boundary_windows.long(), param, mask, exp_avg_sq, log_importance, scalars)
         at = refresh_windows.long()
         if _nothing_at(at):
             return consolidated, anchors, ctx.new_zeros((0, self.config.window, OUTPUTS))
