@@ -120,6 +120,31 @@ def adam_direction(
     return exp_avg / (root * scale + eps * bc1)
 
 
+def scaled_direction_factors(scalars: torch.Tensor, rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window factors ``(q, e)`` (``[B, 1, 1]`` each) of :func:`scaled_adam_direction` at ``rate``.
+
+    ``-rate d = m / (sqrt(v) q + e)`` with ``q = -bc1 / (rate sqrt(bc2))`` and ``e = -eps bc1 / rate``
+    (``d`` as in :func:`adam_direction`, this step's bias corrections): the rate folded into the
+    per-window factors saves a pass over the elements. Where ``rate <= 1e-30`` (a window not
+    stepped, or lr zero) ``q = 0`` and ``e = -inf``, so the step is exactly zero (no ``0 * inf``;
+    folding a vanishing rate would overflow ``q``).
+    """
+    rows = dict(zip(SCALAR_NAMES, scalars[:, :, None, None].unbind(1)))
+    bc1, bc2 = 1.0 - rows["beta1"] ** rows["step"], 1.0 - rows["beta2"] ** rows["step"]
+    stepped = rate > _TINY
+    safe = torch.where(stepped, rate, torch.ones_like(rate))
+    q = torch.where(stepped, bc1 / (bc2.sqrt() * -safe), torch.zeros_like(rate))
+    e = torch.where(stepped, rows["eps"] * bc1 / -safe, torch.full_like(rate, -float("inf")))
+    return q, e
+
+
+def scaled_adam_direction(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, q: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``-rate d = m / (sqrt(v) q + e)``: Adam's direction times ``-rate``, with the per-window
+    factors of :func:`scaled_direction_factors`."""
+    q, e = _per_window(q, e)
+    return exp_avg / (exp_avg_sq.sqrt() * q + e)
+
+
 def _per_window(*factors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``factors`` (``[B, 1, 1]`` each, one number per window) unchanged.
 
@@ -215,7 +240,7 @@ def bounded_coefficients(raw: torch.Tensor, rms_param: torch.Tensor) -> torch.Te
 
 
 def protected_update(
-    direction: torch.Tensor,
+    step: torch.Tensor,
     log_importance: torch.Tensor,
     param: torch.Tensor,
     anchor: torch.Tensor,
@@ -228,33 +253,35 @@ def protected_update(
 
     ``u = -lr * (2 sigmoid(alpha - beta P) d + c P (theta - theta*))``
 
-    with ``d`` Adam's direction and ``P = log(1 + Omega)``. The first term is Adam's step gated by
+    with ``d`` Adam's direction, given as ``step = -2 lr d`` (:func:`scaled_adam_direction` at rate
+    ``2 lr``), and ``P = log(1 + Omega)``. The first term is Adam's step gated by
     importance: ``beta = 2, alpha = 0`` is ``2 d / (1 + (1 + Omega)^2)``, importance-gated Adam;
     ``alpha`` opens or closes the whole token. The second is an EWC-like pull toward the anchor,
     proportional to importance and drift (the gradient of ``c P (theta - theta*)^2 / 2``), in
     Adam's units since ``c`` carries ``1 / rms_window(theta)``. At zero coefficients ``u = -lr d``.
 
-    The pull's three passes over the elements run only where a token pulls: ``pulls`` says whether
+    The pull's four passes over the elements run only where a token pulls: ``pulls`` says whether
     any does when the caller knows (the compiled PyTorch step, which decides in Python), ``None``
     decides in the graph.
     """
     alpha, beta, pull = coefficients[..., None].unbind(dim=2)
-    gated = torch.sigmoid(alpha - beta * log_importance) * direction
+    gate = torch.sigmoid(alpha - beta * log_importance)
+    operands = (gate, step, pull, log_importance, param, anchor, lr)
     if pulls is None:
-        (update,) = branch((pull != 0).any(), _pulled_update, _gated_update, (gated, pull, log_importance, param, anchor, -2.0 * lr))
+        (update,) = branch((pull != 0).any(), _pulled_update, _gated_update, operands)
     else:
-        (update,) = (_pulled_update if pulls else _gated_update)(gated, pull, log_importance, param, anchor, -2.0 * lr)
+        (update,) = (_pulled_update if pulls else _gated_update)(*operands)
     return update
 
 
-def _pulled_update(u, c, p, th, a, s) -> tuple[torch.Tensor]:
-    """``(u + c/2 P (theta - theta*)) s``: the gated step ``u`` plus the pull, scaled by ``s = -2 lr``."""
-    return ((u + (0.5 * c) * (p * (th - a))) * s,)
+def _pulled_update(gate, step, c, p, th, a, lr) -> tuple[torch.Tensor]:
+    """``gate step - lr c P (theta - theta*)``: the gated step plus the pull (its factor per token)."""
+    return (gate * step + (-lr * c) * (p * (th - a)),)
 
 
-def _gated_update(u, c, p, th, a, s) -> tuple[torch.Tensor]:
-    """``u s``: the gated step alone, where no token pulls."""
-    return (u * s,)
+def _gated_update(gate, step, c, p, th, a, lr) -> tuple[torch.Tensor]:
+    """``gate step``: the gated step alone, where no token pulls."""
+    return (gate * step,)
 
 
 def adam_step(
@@ -263,40 +290,41 @@ def adam_step(
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     scalars: torch.Tensor,
+    rate: torch.Tensor,
     *,
     decay: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Adam's part of the step: the new moments and Adam's direction ``(m', v', d)``, from the
-    gradient plus L2 weight decay ``g + wd * theta`` (as ``torch.optim.Adam``).
+    """Adam's part of the step: the new moments and Adam's direction times ``-rate``
+    ``(m', v', -rate d)`` (:func:`scaled_adam_direction`), from the gradient plus L2 weight decay
+    ``g + wd * theta`` (as ``torch.optim.Adam``).
 
     The decay's two passes over the elements are skipped when no window has any (``decay=None``,
     decided in the graph). ``decay=True`` adds it whatever its value (zero decay adds zero: the
     same numbers), for a caller that reads ``theta`` anyway; ``False`` when no window has any.
     """
-    operands = (grad, param, exp_avg, exp_avg_sq, scalars)
+    operands = (grad, param, exp_avg, exp_avg_sq, scalars, *scaled_direction_factors(scalars, rate))
     if decay is None:
         return branch((scalars[:, _DECAY] != 0).any(), _decayed_adam, _plain_adam, operands)
     return (_decayed_adam if decay else _plain_adam)(*operands)
 
 
-def _decayed_adam(g, p, m, v, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _decayed_adam(g, p, m, v, s, q, e) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_adam_moments_and_direction` of the gradient plus ``wd * theta``."""
-    return _adam_moments_and_direction(g + s[:, _DECAY, None, None] * p.detach(), m, v, s)
+    return _adam_moments_and_direction(g + s[:, _DECAY, None, None] * p.detach(), m, v, s, q, e)
 
 
-def _plain_adam(g, p, m, v, s) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _plain_adam(g, p, m, v, s, q, e) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_adam_moments_and_direction` of the gradient alone."""
-    return _adam_moments_and_direction(g, m, v, s)
+    return _adam_moments_and_direction(g, m, v, s, q, e)
 
 
 def _adam_moments_and_direction(
-    grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, scalars: torch.Tensor
+    grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, scalars: torch.Tensor, q: torch.Tensor, e: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`adam_moments` and :func:`adam_direction` with the scalars of each window."""
+    """:func:`adam_moments` with the betas of each window, and :func:`scaled_adam_direction`."""
     rows = dict(zip(SCALAR_NAMES, scalars[:, :, None, None].unbind(1)))
-    beta1, beta2, step = rows["beta1"], rows["beta2"], rows["step"]
-    exp_avg, exp_avg_sq = adam_moments(grad, exp_avg, exp_avg_sq, beta1, beta2)
-    return exp_avg, exp_avg_sq, adam_direction(exp_avg, exp_avg_sq, 1.0 - beta1**step, 1.0 - beta2**step, rows["eps"])
+    exp_avg, exp_avg_sq = adam_moments(grad, exp_avg, exp_avg_sq, rows["beta1"], rows["beta2"])
+    return exp_avg, exp_avg_sq, scaled_adam_direction(exp_avg, exp_avg_sq, q, e)
 
 
 def _step_rate(scalars: torch.Tensor) -> torch.Tensor:
@@ -318,8 +346,8 @@ def adam_element_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The per-element step where every coefficient is zero: Adam, ``u = -lr d``; returns ``(u, m', v')``
     (``decay``: see :func:`adam_step`)."""
-    exp_avg, exp_avg_sq, direction = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, decay=decay)
-    return direction * -_step_rate(scalars), exp_avg, exp_avg_sq
+    exp_avg, exp_avg_sq, update = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, _step_rate(scalars), decay=decay)
+    return update, exp_avg, exp_avg_sq
 
 
 def protected_element_step(
@@ -337,8 +365,9 @@ def protected_element_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The per-element step with the tokens' coefficients (:func:`protected_update`); returns ``(u, m', v')``
     (``decay``: see :func:`adam_step`; ``pulls``: see :func:`protected_update`)."""
-    exp_avg, exp_avg_sq, direction = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, decay=decay)
-    update = protected_update(direction, log_importance, param, anchor, coefficients, _step_rate(scalars), pulls=pulls)
+    lr = _step_rate(scalars)
+    exp_avg, exp_avg_sq, step = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, 2.0 * lr, decay=decay)
+    update = protected_update(step, log_importance, param, anchor, coefficients, lr, pulls=pulls)
     return update, exp_avg, exp_avg_sq
 
 
@@ -449,7 +478,7 @@ class StepGraph(nn.Module):
     ) -> torch.Tensor:
         """:meth:`refresh` of the windows given, from the moments before this step: it computes
         the new moments (Adam's, as every element step does; zero weight decay adds zero) first."""
-        exp_avg, exp_avg_sq, _ = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, decay=True)
+        exp_avg, exp_avg_sq, _ = adam_step(grad, param, exp_avg, exp_avg_sq, scalars, _step_rate(scalars), decay=True)
         return self.refresh(grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)
 
     def refresh(

@@ -45,6 +45,15 @@ def _flat_alias(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).detach()
 
 
+def _pair_check(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A float32 number that is finite only if every element of ``grad`` and ``param`` is (finite
+    when they are, unless it overflows): ``sum(g * theta)`` in one pass for float32, else the sum of
+    each's sum."""
+    if grad.dtype == param.dtype == torch.float32:
+        return torch.dot(grad.reshape(-1), param.reshape(-1))
+    return grad.sum(dtype=torch.float32) + param.sum(dtype=torch.float32)
+
+
 class TorchBuffers:
     """:class:`~lto_runtime.Buffers` as float32 torch tensors on ``device``: a device-resident engine.
 
@@ -68,15 +77,18 @@ class TorchBuffers:
         """``array`` copied to a host NumPy array."""
         return array.detach().cpu().numpy()
 
-    def nonfinite(self, arrays: Sequence[torch.Tensor | None]) -> list[int]:
-        """Indices of the tensors (``None`` skipped) holding NaN or Inf; one device-to-host read of flags
-        (more only for a tensor whose sum is not finite)."""
-        present = [(i, a) for i, a in enumerate(arrays) if a is not None]
+    def nonfinite(self, grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) -> list[int]:
+        """Indices ``i`` (``grads[i] is None`` skipped) where ``grads[i]`` or ``params[i]`` holds NaN or
+        Inf; one device-to-host read of flags (more only for a pair whose check fails).
+
+        A finite ``sum(g * theta)`` proves both finite in one read-only pass over the pair (as
+        :meth:`~lto_runtime.HostBuffers.nonfinite`); pairs of other dtypes are checked by a sum of each.
+        """
+        present = [(i, g, p) for i, (g, p) in enumerate(zip(grads, params)) if g is not None]
         if not present:
             return []
-        # A finite sum proves every element finite in one read-only pass (as HostBuffers.nonfinite).
-        finite = torch.stack([a.sum() for _, a in present]).isfinite().tolist()
-        return [i for (i, a), ok in zip(present, finite) if not ok and not bool(torch.isfinite(a).all())]
+        finite = torch.stack([_pair_check(g, p) for _, g, p in present]).isfinite().tolist()
+        return [i for (i, g, p), ok in zip(present, finite) if not ok and not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(p).all()))]
 
     def energies(self, arrays: Sequence[torch.Tensor | None]) -> np.ndarray:
         """``sum(a^2)`` of each tensor as float64, ``0`` for ``None`` entries; one device-to-host read."""

@@ -54,7 +54,13 @@ class StepFunction(Protocol):
     refresh_every: int
 
     def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-        """Compute the step for the windows in ``inputs`` and write ``update`` and ``new_state`` into ``outputs``."""
+        """Compute the step for the windows in ``inputs`` and write ``update`` and ``new_state`` into ``outputs``.
+
+        ``outputs["new_exp_avg"]`` and ``outputs["new_exp_avg_sq"]`` may be the very buffers of
+        ``inputs["exp_avg"]`` and ``inputs["exp_avg_sq"]`` (a call that lists no window): each
+        element's new moments depend on its own old moments alone, which a step reads before it
+        writes them.
+        """
 
 
 class InPlaceStepFunction(StepFunction, Protocol):
@@ -100,8 +106,8 @@ class Buffers(Protocol):
     def download(self, array: Any) -> np.ndarray:
         """``array`` as a host NumPy array."""
 
-    def nonfinite(self, arrays: Sequence[Any]) -> list[int]:
-        """Indices of the arrays (``None`` entries skipped) holding NaN or Inf."""
+    def nonfinite(self, grads: Sequence[Any], params: Sequence[Any]) -> list[int]:
+        """Indices ``i`` (``grads[i] is None`` skipped) where ``grads[i]`` or ``params[i]`` holds NaN or Inf."""
 
     def energies(self, arrays: Sequence[Any]) -> np.ndarray:
         """``sum(a^2)`` of each array as float64, ``0`` for ``None`` entries (arrays already finite)."""
@@ -125,20 +131,18 @@ class HostBuffers:
         """``array`` itself."""
         return np.asarray(array)
 
-    def nonfinite(self, arrays: Sequence[np.ndarray | None]) -> list[int]:
-        """Indices of the arrays (``None`` entries skipped) holding NaN or Inf.
+    def nonfinite(self, grads: Sequence[np.ndarray | None], params: Sequence[np.ndarray]) -> list[int]:
+        """Indices ``i`` (``grads[i] is None`` skipped) where ``grads[i]`` or ``params[i]`` holds NaN or Inf.
 
-        A finite sum proves every element finite (NaN and Inf propagate through a sum) in one
-        read-only pass; only an array whose sum is not finite (or overflowed) is checked element
-        by element. float16 is summed in float32, where ordinary values do not overflow; NumPy's
-        overflow and invalid-value warnings are the caller's business, not the user's.
+        A finite ``sum(g * theta)`` proves every element of both finite in one read-only pass over
+        the pair: NaN and Inf propagate (an infinity times anything is infinite or NaN, and no sum
+        makes them finite again). Only a pair whose check fails (or overflowed) is looked at
+        element by element. Pairs that are not both float32 are checked by a sum of each (float16
+        summed in float32, where ordinary values do not overflow). NumPy's overflow and
+        invalid-value warnings are the caller's business, not the user's.
         """
         with np.errstate(over="ignore", invalid="ignore"):
-            return [
-                i
-                for i, a in enumerate(arrays)
-                if a is not None and not np.isfinite(a.sum(dtype=np.float32 if a.dtype == np.float16 else None)) and not np.isfinite(a).all()
-            ]
+            return [i for i, (g, p) in enumerate(zip(grads, params)) if g is not None and not _host_pair_finite(g, p)]
 
     def energies(self, arrays: Sequence[np.ndarray | None]) -> np.ndarray:
         """``sum(a^2)`` of each array as float64 (one read pass each), ``0`` for ``None`` entries."""
@@ -151,6 +155,15 @@ class HostBuffers:
 
     def synchronize(self) -> None:
         """Nothing to wait for: host arrays are written synchronously."""
+
+
+def _host_pair_finite(grad: np.ndarray, param: np.ndarray) -> bool:
+    """Whether every element of ``grad`` and ``param`` (NumPy arrays of one shape) is finite."""
+    if grad.dtype == param.dtype == np.float32 and np.isfinite(np.dot(grad.reshape(-1), param.reshape(-1))):
+        return True
+    return all(
+        np.isfinite(a.sum(dtype=np.float32 if a.dtype == np.float16 else None)) or np.isfinite(a).all() for a in (grad, param)
+    )
 
 
 def _is_float32(array: Any) -> bool:
@@ -282,8 +295,7 @@ class StepEngine:
             raise ValueError(f"expected {len(self.layout.shapes)} gradients and parameters, got {len(grads)} and {len(params)}")
         # Parameters too: one NaN or Inf element would reach its whole window through the token
         # summaries (and the anchor, at a boundary), turning finite neighbours and the state NaN.
-        checked = [a if g is not None else None for g, p in zip(grads, params) for a in (g, p)]
-        nonfinite = sorted({i // 2 for i in self.buffers.nonfinite(checked)})
+        nonfinite = self.buffers.nonfinite(grads, params)
         if nonfinite:
             return nonfinite
         active = np.array([g is not None for g in grads], dtype=bool)
@@ -335,6 +347,12 @@ class StepEngine:
             self.step_function.step_in_place(inputs, self._update[:b])
             return
         outputs = self._outputs(b)
+        if all_active:
+            # Every window steps: the new moments go straight over the old ones, no copy. Safe
+            # because each element's new moments read only that element's old ones, before writing.
+            outputs.update({f"new_{name}": state[name] for name in MOMENT_NAMES})
+            self.step_function.run(inputs, outputs)
+            return
         self.step_function.run(inputs, outputs)
         # Tensors without a gradient were not stepped: they keep their moments (the graph's
         # outputs for their windows are not meaningful).

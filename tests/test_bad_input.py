@@ -136,3 +136,36 @@ def test_hyper_parameters_of_the_wrong_type_raise_type_error_like_torch(kwargs):
         LTO(torch.nn.Linear(2, 2).parameters(), **kwargs)
     with pytest.raises(TypeError, match=name):
         NumpyLTO({"w": np.zeros(3, np.float32)}, **kwargs)
+
+
+@pytest.mark.parametrize("buffers", ["host", "torch"])
+def test_nonfinite_check_finds_every_kind_of_bad_pair(buffers):
+    """The one-pass check ``sum(g * theta)`` cannot be fooled: an infinity times zero, opposite
+    infinities, overflow of finite values and non-float32 pairs are all judged element by element."""
+    from lto_runtime import HostBuffers
+    from lto_runtime._torch_engine import TorchBuffers
+
+    n = 1000
+    ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)
+    inf_at_zero = zeros.copy(); inf_at_zero[7] = np.inf
+    opposite = ones.copy(); opposite[1], opposite[2] = np.inf, -np.inf
+    huge = np.full(n, 1e30, np.float32)  # finite, but sum(g * theta) overflows
+    half = np.ones(n, np.float16); half_nan = half.copy(); half_nan[3] = np.nan
+    pairs = [
+        (ones, ones),  # 0 fine
+        (inf_at_zero, zeros),  # 1 Inf in the gradient where theta is 0
+        (zeros, inf_at_zero),  # 2 Inf in the parameter where g is 0
+        (opposite, ones),  # 3 +Inf and -Inf
+        (huge, huge),  # 4 fine: overflow alone is not a bad value
+        (ones, np.full(n, np.nan, np.float32)),  # 5 NaN parameter
+        (half, half),  # 6 fine, float16
+        (half_nan, half),  # 7 NaN in float16
+    ]
+    grads, params = [g for g, _ in pairs] + [None], [p for _, p in pairs] + [np.full(n, np.nan, np.float32)]
+    if buffers == "torch":
+        grads = [None if g is None else torch.from_numpy(g) for g in grads]
+        params = [torch.from_numpy(p) for p in params]
+        check = TorchBuffers(torch.device("cpu"))
+    else:
+        check = HostBuffers()
+    assert check.nonfinite(grads, params) == [1, 2, 3, 5, 7]  # a tensor without a gradient is not checked
