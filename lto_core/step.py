@@ -64,12 +64,6 @@ def branch(pred: torch.Tensor, when_true: Callable, when_false: Callable, operan
     return when_true(*operands) if bool(pred) else when_false(*operands)
 
 
-def _nothing_at(windows: torch.Tensor) -> bool:
-    """No window listed, in eager code: the gathered part of the step is skipped outright (its
-    result is empty either way). Export and ``torch.compile`` trace the general path."""
-    return not torch.compiler.is_compiling() and windows.shape[0] == 0
-
-
 def token_mean(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Mean over the real elements of each token, ``[B,W,C] -> [B,W]``; padding must be zero in ``x``."""
     return x.sum(dim=-1) / count
@@ -405,7 +399,10 @@ class StepGraph(nn.Module):
         (the engine keeps the old state of tensors it did not step).
         """
         # Consolidation reads the finished task's second moment, before this step's gradient enters it.
-        consolidated, anchors = self._consolidate_at(boundary_windows.long(), param, mask, exp_avg_sq, log_importance, scalars)
+        width = self.config.chunk
+        consolidated, anchors = self._at(
+            boundary_windows.long(), self.consolidate, (param, mask, exp_avg_sq, log_importance, scalars), (width, width)
+        )
         adam, protected = self.element_steps
         update, exp_avg, exp_avg_sq = branch(
             (coefficients != 0).any(),
@@ -413,21 +410,29 @@ class StepGraph(nn.Module):
             adam,
             (grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars),
         )
-        at = refresh_windows.long()
-        if _nothing_at(at):
-            refreshed = coefficients[:0]
-        else:
-            refreshed = self.refresh(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
+        (refreshed,) = self._at(
+            refresh_windows.long(),
+            lambda *windows: (self.refresh(*windows),),
+            (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx),
+            (OUTPUTS,),
+        )
         return update, exp_avg, exp_avg_sq, consolidated, anchors, refreshed
 
-    def _consolidate_at(
-        self, at: torch.Tensor, param: torch.Tensor, mask: torch.Tensor, exp_avg_sq: torch.Tensor, log_importance: torch.Tensor,
-        scalars: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`consolidate` of the windows ``at`` (gathered by index); empty when none is listed."""
-        if _nothing_at(at):
-            return param[:0], param[:0]
-        return self.consolidate(*(x[at] for x in (param, mask, exp_avg_sq, log_importance, scalars)))
+    def _at(
+        self, at: torch.Tensor, method: Callable[..., tuple[torch.Tensor, ...]], operands: Sequence[torch.Tensor], widths: Sequence[int]
+    ) -> tuple[torch.Tensor, ...]:
+        """``method`` of the windows ``at`` (each operand gathered by index), or where none is
+        listed, empty outputs ``[0, W, width]`` of the ``widths`` given. A branch (an ``If`` in the
+        graph), so a call that lists no window skips the gathers and the network outright: most
+        calls list none, and the empty work alone would cost them some hundred small operators."""
+
+        def gathered(at: torch.Tensor, *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(method(*(x[at] for x in arrays)))
+
+        def nothing(at: torch.Tensor, *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(arrays[0].new_zeros((at.shape[0], self.config.window, w)) for w in widths)
+
+        return branch(at.shape[0] > 0, gathered, nothing, (at, *operands))
 
     def consolidate(
         self, param: torch.Tensor, mask: torch.Tensor, exp_avg_sq: torch.Tensor, log_importance: torch.Tensor, scalars: torch.Tensor
@@ -437,32 +442,6 @@ class StepGraph(nn.Module):
         beta2, step = scalars[:, SCALAR_NAMES.index("beta2")], scalars[:, SCALAR_NAMES.index("step")]
         consolidated = consolidate_importance(exp_avg_sq, (1.0 - beta2 ** (step - 1.0))[:, None, None], log_importance, mask)
         return consolidated, param.clone()
-
-    def listed(
-        self,
-        grad: torch.Tensor,
-        param: torch.Tensor,
-        mask: torch.Tensor,
-        exp_avg: torch.Tensor,
-        exp_avg_sq: torch.Tensor,
-        log_importance: torch.Tensor,
-        anchor: torch.Tensor,
-        scalars: torch.Tensor,
-        ctx: torch.Tensor,
-        boundary_windows: torch.Tensor,
-        refresh_windows: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The last three outputs of :meth:`forward` (consolidated importance, anchors, refreshed
-        coefficients of the listed windows) without the step of every window.
-
-        For a call that only consolidates or refreshes, whose update and moments the caller
-        discards: the new moments the network reads are computed for the refreshed windows alone.
-        """
-        consolidated, anchors = self._consolidate_at(boundary_windows.long(), param, mask, exp_avg_sq, log_importance, scalars)
-        at = refresh_windows.long()
-        if _nothing_at(at):
-            return consolidated, anchors, ctx.new_zeros((0, self.config.window, OUTPUTS))
-        return consolidated, anchors, self.refresh_after_step(*(x[at] for x in (grad, param, mask, exp_avg, exp_avg_sq, log_importance, anchor, scalars, ctx)))
 
     def refresh_after_step(
         self,

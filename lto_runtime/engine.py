@@ -226,7 +226,7 @@ class StepEngine:
         self._ctx = [self.buffers.upload(context[c.window_ids]) for c in self.chunks]
         most = max((c.windows for c in self.chunks), default=0)
         # Per chunk: every state input of the step (slots and coefficients) by name.
-        self._state = [self._new_state(c.windows) for c in self.chunks]
+        self._state: list[dict[str, Any]] = [{} for _ in self.chunks]
         # A step function that writes in place steps all whole windows of a tensor in one call
         # (see _step_whole_windows): their state is one block, its chunks' states views of it.
         self._block_chunks = self._whole_window_chunks() if self._in_place else {}
@@ -238,6 +238,9 @@ class StepEngine:
                 windows = self.chunks[k].windows
                 self._state[k] = {name: slot[first : first + windows] for name, slot in block.items()}
                 first += windows
+        for k, call in enumerate(self.chunks):
+            if not self._state[k]:
+                self._state[k] = self._new_state(call.windows)
         # The step writes new moments here; a chunk of the largest size swaps them in, a smaller
         # one copies them (state is never allocated beyond the chunk's own size).
         self._spare = {name: self.buffers.zeros((most, window, chunk)) for name in MOMENT_NAMES}
