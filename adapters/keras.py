@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from lto_runtime import HYPER_NAMES, MAX_BATCH_WINDOWS, STATE_NAMES, OptimizerSession, StepEngine, hyper_row
-from lto_runtime.state import ENERGY_NAMES, check_boundaries
+from lto_runtime.state import SHIFT_NAMES, check_boundaries
 
 #: Rows of the saved ``lto_counters`` array: each variable's counters, in this order.
 COUNTERS: tuple[str, ...] = ("step", "steps_since_boundary", "boundaries", "boundary_pending")
@@ -64,7 +64,7 @@ class LTO(keras.optimizers.Optimizer):
     :meth:`save_own_variables` and :meth:`load_own_variables` write and read the engine state in
     Keras' weight store (keys ``lto_state_<i>``: ``[4, *shape]`` float32 per trainable variable;
     ``lto_coefficients_<i>``: ``[tokens, 3]`` float32; ``lto_counters``: ``[4, variables]`` int64;
-    ``lto_energy``: ``[2, variables]`` float32, the shift statistics of ``boundaries="auto"``),
+    ``lto_energy``: ``[3, variables]`` float32, the shift statistics of ``boundaries="auto"``),
     so ``model.save("m.keras")`` and ``keras.models.load_model`` resume exactly.
 
     Call :meth:`task_boundary` (or use the :class:`TaskBoundary` callback) when one task ends.
@@ -244,8 +244,8 @@ class LTO(keras.optimizers.Optimizer):
             [[int(s[name]) for s in states] for name in COUNTERS], dtype=np.int64
         ).reshape(len(COUNTERS), len(states))
         store[f"{STATE_KEY_PREFIX}energy"] = np.array(
-            [[s[name] for s in states] for name in ENERGY_NAMES], dtype=np.float32
-        ).reshape(len(ENERGY_NAMES), len(states))
+            [[s[name] for s in states] for name in SHIFT_NAMES], dtype=np.float32
+        ).reshape(len(SHIFT_NAMES), len(states))
 
     def load_own_variables(self, store: Any) -> None:
         """Restore what :meth:`save_own_variables` wrote; everything is checked before anything changes.
@@ -276,11 +276,14 @@ class LTO(keras.optimizers.Optimizer):
             raise ValueError(
                 f"saved {counters_key!r} has shape {counters.shape}; this optimizer has {count} variables, expected ({len(COUNTERS)}, {count})"
             )
-        # Saved before lto kept shift statistics: none, which restarts shift detection.
+        # Saved before lto kept shift statistics: none, which restarts shift detection; saved
+        # before it counted the steps over the threshold (two rows): that count starts at zero.
         energy_key = f"{STATE_KEY_PREFIX}energy"
-        energy = np.asarray(store[energy_key]) if energy_key in keys else np.zeros((len(ENERGY_NAMES), count), np.float32)
-        if energy.shape != (len(ENERGY_NAMES), count):
-            raise ValueError(f"saved {energy_key!r} has shape {energy.shape}, expected ({len(ENERGY_NAMES)}, {count})")
+        energy = np.asarray(store[energy_key]) if energy_key in keys else np.zeros((0, count), np.float32)
+        if energy.shape in ((0, count), (2, count)):
+            energy = np.concatenate([energy, np.zeros((len(SHIFT_NAMES) - len(energy), count), np.float32)])
+        if energy.shape != (len(SHIFT_NAMES), count):
+            raise ValueError(f"saved {energy_key!r} has shape {energy.shape}, expected ({len(SHIFT_NAMES)}, {count})")
         states = []
         for i, variable in enumerate(self._trainable_variables):
             key = f"{STATE_KEY_PREFIX}state_{i}"
@@ -296,7 +299,7 @@ class LTO(keras.optimizers.Optimizer):
             state["coefficients"] = np.asarray(store[coefficients])
             state.update({name: counters[c, i].item() for c, name in enumerate(COUNTERS)})
             state["boundary_pending"] = bool(state["boundary_pending"])
-            state.update({name: energy[e, i].item() for e, name in enumerate(ENERGY_NAMES)})
+            state.update({name: energy[e, i].item() for e, name in enumerate(SHIFT_NAMES)})
             states.append(state)
         checked = self.engine.check_states(states, [f"saved state of {v.path}" for v in self._trainable_variables])
         values = [self._saved_variable(store, keys, i, variable) for i, variable in enumerate(self.variables)]

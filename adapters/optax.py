@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from lto_runtime import MAX_BATCH_WINDOWS, STATE_NAMES, TOKEN_STATE_NAMES, OptimizerSession, StepEngine, hyper_row
-from lto_runtime.state import COUNTER_NAMES, ENERGY_NAMES, TENSOR_STATE_KEYS, check_boundaries
+from lto_runtime.state import COUNTER_NAMES, SHIFT_NAMES, TENSOR_STATE_KEYS, check_boundaries
 
 
 class LTOState(NamedTuple):
@@ -58,9 +58,11 @@ class LTOState(NamedTuple):
     boundary_pending: optax.Params
     """Whether the next step consolidates a task boundary (set by :func:`task_boundary`)."""
     energy_short: optax.Params
-    """Short running average of the squared gradient norm since the last boundary (``boundaries="auto"``)."""
+    """Short running average of the normalized gradient energy since the last boundary (``boundaries="auto"``)."""
     energy_long: optax.Params
-    """Long running average of the squared gradient norm since the last boundary (``boundaries="auto"``)."""
+    """Long running average of the normalized gradient energy since the last boundary (``boundaries="auto"``)."""
+    shift_run: optax.Params
+    """Steps in a row the shift ratio has been above its threshold (``boundaries="auto"``)."""
 
 
 def lto(
@@ -145,7 +147,7 @@ def lto(
             coefficients=per_leaf(lambda i, leaf: jnp.zeros((engine.token_count(i), len(TOKEN_STATE_NAMES)), jnp.float32)),
             **counters,
             boundary_pending=per_leaf(lambda i, leaf: jnp.zeros((), bool)),
-            **{name: per_leaf(lambda i, leaf: jnp.zeros((), jnp.float32)) for name in ENERGY_NAMES},
+            **{name: per_leaf(lambda i, leaf: jnp.zeros((), jnp.float32)) for name in SHIFT_NAMES},
         )
 
     def update(grads: optax.Updates, state: LTOState, params: optax.Params | None = None) -> tuple[optax.Updates, LTOState]:
@@ -284,7 +286,7 @@ class _HostStep:
 
 
 #: The float fields of a parameter's state, in the order they cross into the host step.
-_FLOAT_FIELDS: tuple[str, ...] = (*STATE_NAMES, "coefficients", *ENERGY_NAMES)
+_FLOAT_FIELDS: tuple[str, ...] = (*STATE_NAMES, "coefficients", *SHIFT_NAMES)
 #: Arrays with fewer elements than this cross into and out of the host step concatenated into one
 #: vector (jax's cost per array crossing exceeds copying them); larger ones cross as they are.
 _SMALL_ARRAY = 1 << 16
@@ -391,7 +393,7 @@ def _checked_state(state: Any, treedef: Any, params: list[Any], paths: list[str]
             "coefficients": ((engine.token_count(i), len(TOKEN_STATE_NAMES)), jnp.float32),
             **{name: ((), jnp.int32) for name in COUNTER_NAMES},
             "boundary_pending": ((), jnp.bool_),
-            **{name: ((), jnp.float32) for name in ENERGY_NAMES},
+            **{name: ((), jnp.float32) for name in SHIFT_NAMES},
         }
         for name, (shape, dtype) in wants.items():
             leaf = records[name][i]

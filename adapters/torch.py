@@ -159,8 +159,9 @@ class LTO(torch.optim.Optimizer):
             the torch backend follows ``torch.set_num_threads``.
         boundaries: ``"manual"`` (default): task boundaries are where :meth:`task_boundary` is
             called. ``"auto"``: task-free use; the optimizer also marks a task boundary where the
-            gradients shift (their recent squared norm several times its level since the last
-            boundary, see :meth:`~lto_runtime.StepCounters.detect_shift`), and
+            gradients shift (their size against what Adam's second moment expects, several
+            times its level since the last boundary for some steps in a row, see
+            :meth:`~lto_runtime.StepCounters.detect_shift`), and
             :meth:`task_boundary` still works. Until a boundary is detected the step is exactly
             Adam's, so stationary training stays Adam.
 
@@ -315,8 +316,8 @@ class LTO(torch.optim.Optimizer):
         Each stepped parameter's state holds float32 tensors ``exp_avg``, ``exp_avg_sq``,
         ``log_importance``, ``anchor`` of the parameter's shape and ``coefficients``
         ``[tokens, 3]``, the ints ``step``, ``steps_since_boundary``, ``boundaries``, the bool
-        ``boundary_pending`` and the floats ``energy_short``, ``energy_long`` (shift statistics of
-        ``boundaries="auto"``). They are copies taken now; loading them resumes exactly.
+        ``boundary_pending`` and the floats ``energy_short``, ``energy_long``, ``shift_run`` (shift
+        statistics of ``boundaries="auto"``). They are copies taken now; loading them resumes exactly.
         """
         self._sync_engine()
         return super().state_dict()

@@ -3,7 +3,8 @@
 scikit-learn's digits are cut into tasks of two classes each and a small MLP learns them one after
 the other, but the training loop never says where one task ends: no ``task_boundary()`` call. With
 ``boundaries="auto"`` LTO watches the gradients and marks a task boundary itself where they shift
-(their recent size several times their level since the last boundary); until then it is Adam.
+(their recent size, against what Adam's second moment expects, stays several times its level
+since the last boundary for 10 steps); until then it is Adam.
 The script trains with Adam, with LTO in task-free mode, and with LTO told where tasks end (for
 reference), prints where LTO found task changes, and ACC and BWT for each.
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from lto_core.step import StepGraph
-from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
+from lto_runtime.format import HYPER_NAMES, INPUT_NAMES, OUTPUT_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
 from lto_runtime.layout import TokenLayout
-from lto_runtime.state import StepCounters, hyper_row
+from lto_runtime.state import StepCounters, hyper_row, normalized_energy
 
 
 class WindowPacker:
@@ -104,14 +104,12 @@ class UnrolledLTO:
         coefficients get them first, so the update already uses them.
         """
         active = np.ones(len(self.packer.layout.shapes), dtype=bool)
-        energies = None
-        if self.counters.auto:
-            # |g|^2 of every copy of every tensor, in layout order (tensor by tensor, copy by copy).
-            energies = torch.cat([g.detach().reshape(self.packer.copies, -1).double().square().sum(1) for g in grads]).numpy()
+        grad = self.packer.pack([g.detach() for g in grads])
+        energies = self._normalized_energies(grad) if self.counters.auto else None
         scalars, boundary, refresh = self.counters.advance(active, self.hyper, energies)
         none = torch.zeros(0)
         inputs = {
-            "grad": self.packer.pack([g.detach() for g in grads]),
+            "grad": grad,
             "param": self.packer.pack(params),
             "mask": self.packer.mask,
             "scalars": torch.from_numpy(scalars[self._owner]),
@@ -131,6 +129,21 @@ class UnrolledLTO:
         outputs = self._run(inputs)
         self.state["exp_avg"], self.state["exp_avg_sq"] = outputs["new_exp_avg"], outputs["new_exp_avg_sq"]
         return [p + u for p, u in zip(params, self.packer.unpack(outputs["update"]))]
+
+    def _normalized_energies(self, grad: torch.Tensor) -> np.ndarray:
+        """Per tensor copy, the mean over its elements of :func:`~lto_runtime.state.normalized_energy`
+        against the second moment before this step, as the runtime's engine computes it (padding
+        adds zero); 0 before a copy's first step."""
+        steps = self.counters.step[self._owner]
+        correction = np.where(steps > 0, 1.0 - self.hyper[self._owner, HYPER_NAMES.index("beta2")] ** steps, 1.0)
+        eps = self.hyper[self._owner, HYPER_NAMES.index("eps")]
+        per_window = normalized_energy(
+            grad.double(), self.state["exp_avg_sq"].detach().double(),
+            torch.from_numpy(correction).view(-1, 1, 1), torch.from_numpy(eps).view(-1, 1, 1),
+        ).sum((1, 2))
+        tensors = len(self.packer.layout.shapes)
+        totals = np.bincount(self._owner, weights=per_window.numpy(), minlength=tensors)
+        return np.where(self.counters.step > 0, totals / np.asarray(self.packer.layout.numels), 0.0)
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The step graph on ``inputs`` and the current state, outputs by name."""

@@ -90,15 +90,6 @@ class TorchBuffers:
         finite = torch.stack([_pair_check(g, p) for _, g, p in present]).isfinite().tolist()
         return [i for (i, g, p), ok in zip(present, finite) if not ok and not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(p).all()))]
 
-    def energies(self, arrays: Sequence[torch.Tensor | None]) -> np.ndarray:
-        """``sum(a^2)`` of each tensor as float64, ``0`` for ``None`` entries; one device-to-host read."""
-        present = [(i, a) for i, a in enumerate(arrays) if a is not None]
-        out = np.zeros(len(arrays))
-        if present:
-            norms = torch.stack([torch.linalg.vector_norm(a, dtype=torch.float32) for _, a in present]).double().square()
-            out[[i for i, _ in present]] = norms.cpu().numpy()
-        return out
-
     def synchronize(self) -> None:
         """Wait for torch's CUDA stream: onnxruntime reads the buffers on a stream of its own."""
         if self.device.type == "cuda":

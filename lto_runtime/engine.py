@@ -23,9 +23,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from lto_runtime.format import SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
+from lto_runtime.format import HYPER_NAMES, SCALAR_NAMES, STATE_NAMES, TOKEN_STATE_NAMES
 from lto_runtime.layout import Chunk, TokenLayout
-from lto_runtime.state import StepCounters, check_tensor_state
+from lto_runtime.state import StepCounters, check_tensor_state, normalized_energy
 
 #: The state slots every step rewrites in full (the others change only at boundaries and refreshes).
 MOMENT_NAMES: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
@@ -109,9 +109,6 @@ class Buffers(Protocol):
     def nonfinite(self, grads: Sequence[Any], params: Sequence[Any]) -> list[int]:
         """Indices ``i`` (``grads[i] is None`` skipped) where ``grads[i]`` or ``params[i]`` holds NaN or Inf."""
 
-    def energies(self, arrays: Sequence[Any]) -> np.ndarray:
-        """``sum(a^2)`` of each array as float64, ``0`` for ``None`` entries (arrays already finite)."""
-
     def synchronize(self) -> None:
         """Wait for pending writes to the buffers (before onnxruntime reads them on its own stream)."""
 
@@ -143,15 +140,6 @@ class HostBuffers:
         """
         with np.errstate(over="ignore", invalid="ignore"):
             return [i for i, (g, p) in enumerate(zip(grads, params)) if g is not None and not _host_pair_finite(g, p)]
-
-    def energies(self, arrays: Sequence[np.ndarray | None]) -> np.ndarray:
-        """``sum(a^2)`` of each array as float64 (one read pass each), ``0`` for ``None`` entries."""
-        out = np.zeros(len(arrays))
-        for i, a in enumerate(arrays):
-            if a is not None:
-                flat = a.reshape(-1).astype(np.float32, copy=False)
-                out[i] = float(np.dot(flat, flat))
-        return out
 
     def synchronize(self) -> None:
         """Nothing to wait for: host arrays are written synchronously."""
@@ -222,6 +210,11 @@ class StepEngine:
         self.chunks: tuple[Chunk, ...] = self.layout.chunks(max_batch_windows)
         #: Step counts and boundary flags of every tensor.
         self.counters = StepCounters(len(self.layout.shapes), step_function.refresh_every, boundaries)
+        #: Per tensor: ``(chunk index, chunk, piece)`` of each of its pieces, in order.
+        self._pieces: list[list[tuple[int, Chunk, Any]]] = [[] for _ in self.layout.shapes]
+        for k, call in enumerate(self.chunks):
+            for piece in call.pieces:
+                self._pieces[piece.tensor].append((k, call, piece))
         context = self.layout.context()
         self._ctx = [self.buffers.upload(context[c.window_ids]) for c in self.chunks]
         most = max((c.windows for c in self.chunks), default=0)
@@ -302,10 +295,10 @@ class StepEngine:
         if nonfinite:
             return nonfinite
         active = np.array([g is not None for g in grads], dtype=bool)
-        energies = self.buffers.energies(grads) if self.counters.auto else None
-        scalars, boundary, refresh = self.counters.advance(active, hyper, energies)
         flat_grads = [None if g is None else flat_view(g) for g in grads]
         flat_params = [flat_view(p) for p in params]
+        energies = self._normalized_energies(flat_grads, hyper) if self.counters.auto else None
+        scalars, boundary, refresh = self.counters.advance(active, hyper, energies)
         # Tensors whose whole windows are stepped in one call, the update added to the parameter itself.
         whole = {
             t for t in self._blocks
@@ -324,6 +317,24 @@ class StepEngine:
                 if flat_grads[piece.tensor] is not None:
                     apply(piece.tensor, piece.start, piece.stop, update[piece.offset : piece.offset + piece.stop - piece.start])
         return []
+
+    def _normalized_energies(self, grads: list, hyper: np.ndarray) -> np.ndarray:
+        """Per tensor with a gradient, the mean over its elements of
+        :func:`~lto_runtime.state.normalized_energy` against the second moment before this step
+        (the statistic of ``boundaries="auto"``); 0 for a tensor without one or not yet stepped."""
+        out = np.zeros(len(grads))
+        beta2, eps = hyper[:, HYPER_NAMES.index("beta2")], hyper[:, HYPER_NAMES.index("eps")]
+        for index, grad in enumerate(grads):
+            steps = int(self.counters.step[index])
+            if grad is None or steps == 0:
+                continue
+            correction = 1.0 - float(beta2[index]) ** steps
+            total = 0.0
+            for k, _, piece in self._pieces[index]:
+                second = self._state[k]["exp_avg_sq"].reshape(-1)[piece.offset : piece.offset + piece.stop - piece.start]
+                total += float(normalized_energy(grad[piece.start : piece.stop], second, correction, float(eps[index])).sum())
+            out[index] = total / self.layout.numels[index]
+        return out
 
     def _run_chunk(
         self,
@@ -475,12 +486,6 @@ class StepEngine:
 
     # -- state in and out, one tensor at a time ------------------------------------------------
 
-    def _tensor_pieces(self, index: int):
-        for k, chunk in enumerate(self.chunks):
-            for piece in chunk.pieces:
-                if piece.tensor == index:
-                    yield k, chunk, piece
-
     def token_count(self, index: int) -> int:
         """Tokens of tensor ``index`` (padding tokens included): ``windows * W``."""
         return int(self.layout.window_counts[index]) * self.layout.window
@@ -489,12 +494,13 @@ class StepEngine:
         """State of tensor ``index`` (copies): each slot of :data:`STATE_NAMES` as a float32 array of
         the tensor's shape, ``coefficients`` ``[tokens, len(TOKEN_STATE_NAMES)]``, the counters
         ``step``, ``steps_since_boundary``, ``boundaries``, the bool ``boundary_pending`` and the
-        shift statistics ``energy_short``, ``energy_long`` (floats; zero unless ``boundaries="auto"``)."""
+        shift statistics ``energy_short``, ``energy_long``, ``shift_run`` (floats; zero unless
+        ``boundaries="auto"``)."""
         shape, numel = self.layout.shapes[index], self.layout.numels[index]
         slots = np.zeros((len(STATE_NAMES), numel), np.float32)
         coefficients = np.zeros((self.token_count(index), len(TOKEN_STATE_NAMES)), np.float32)
         w = self.layout.window
-        for k, chunk, piece in self._tensor_pieces(index):
+        for k, chunk, piece in self._pieces[index]:
             state = self._state[k]
             for i, name in enumerate(STATE_NAMES):
                 flat = state[name].reshape(-1)
@@ -537,7 +543,7 @@ class StepEngine:
 
     def _write_tensor_state(self, index: int, state: dict[str, Any]) -> None:
         w = self.layout.window
-        for k, chunk, piece in self._tensor_pieces(index):
+        for k, chunk, piece in self._pieces[index]:
             target = self._state[k]
             for name in STATE_NAMES:
                 values = state[name].reshape(-1)[piece.start : piece.stop]

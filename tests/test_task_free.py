@@ -19,7 +19,9 @@ from lto_core.continual import run_stream
 from lto_core.data import load_dataset
 from lto_core.models import make_model
 from lto_core.streams import make_stream
-from lto_runtime.state import SHIFT_WARMUP, StepCounters
+from lto_core.step import StepGraph
+from lto_core.unroll import UnrolledLTO
+from lto_runtime.state import SHIFT_PERSIST, SHIFT_WARMUP, StepCounters, hyper_row
 
 SHAPES = {"w": (48, 40), "b": (40,), "v": (40, 10)}
 SHIFT_AT = 90
@@ -50,20 +52,33 @@ def advance(counters: StepCounters, energies) -> bool:
     return bool((boundary & ~first).any())
 
 
-def test_detector_fires_on_a_jump_and_not_on_falling_or_noisy_gradients():
+def test_detector_fires_on_a_lasting_jump_and_not_on_falling_or_noisy_gradients():
     counters = StepCounters(3, refresh_every=10, boundaries="auto")
     rng = np.random.default_rng(0)
     fired = [advance(counters, (1.0 / (1 + t / 10)) * rng.uniform(0.5, 1.5, 3)) for t in range(300)]
     assert not any(fired)
-    fired = [advance(counters, [20.0, 20.0, 20.0]) for _ in range(5)]
-    assert fired.index(True) <= 2 and sum(fired) == 1
-    assert (counters.boundaries == 1).all() and (counters.steps_since_boundary <= 5).all()
+    fired = [advance(counters, [20.0, 20.0, 20.0]) for _ in range(SHIFT_PERSIST + 5)]
+    assert fired.index(True) == SHIFT_PERSIST - 1 and sum(fired) == 1
+    assert (counters.boundaries == 1).all() and (counters.steps_since_boundary <= 6).all()
+
+
+def test_detector_ignores_a_short_spike_and_follows_the_tensor_that_shifts_most():
+    counters = StepCounters(3, refresh_every=10, boundaries="auto")
+    for _ in range(100):
+        advance(counters, [1.0, 1.0, 1.0])
+    # Two noisy batches in every tensor (the short average forgets them within SHIFT_PERSIST steps): no boundary.
+    assert not any(advance(counters, [20.0, 20.0, 20.0]) for _ in range(2))
+    assert not any(advance(counters, [1.0, 1.0, 1.0]) for _ in range(50))
+    # A lasting shift in one tensor of three (the first layer under new inputs): a boundary.
+    fired = [advance(counters, [30.0, 1.0, 1.0]) for _ in range(SHIFT_PERSIST + 5)]
+    assert sum(fired) == 1 and counters.boundaries.tolist() == [1, 1, 1]
 
 
 def test_detector_waits_for_warmup_and_restarts_at_manual_boundaries():
     counters = StepCounters(2, refresh_every=10, boundaries="auto")
     assert not any(advance(counters, [1.0, 1.0]) for _ in range(SHIFT_WARMUP - 10))
-    assert not any(advance(counters, [50.0, 50.0]) for _ in range(20))  # the jump came before warmup ended
+    assert not any(advance(counters, [50.0, 50.0]) for _ in range(10))  # the jump came before warmup ended...
+    assert not any(advance(counters, [1.0, 1.0]) for _ in range(20))  # ...and was over after it
     counters.task_boundary()
     assert advance(counters, [1.0, 1.0])  # the marked boundary consolidates...
     assert counters.energy_short.tolist() == [0.0, 0.0]  # ...and restarts the statistics
@@ -74,7 +89,7 @@ def test_detector_judges_each_group_alone():
     counters = StepCounters(4, refresh_every=10, boundaries="auto", groups=[0, 1, 0, 1])
     for _ in range(100):
         advance(counters, [1.0, 1.0, 1.0, 1.0])
-    for _ in range(5):
+    for _ in range(SHIFT_PERSIST + 2):
         advance(counters, [1.0, 30.0, 1.0, 30.0])
     assert counters.boundaries.tolist() == [0, 1, 0, 1]
 
@@ -101,7 +116,7 @@ def test_auto_finds_every_task_change_of_a_split_stream(one_torch_thread):
 
         results[mode] = run_stream(model, opt, stream, 200, seed=0, on_step=on_step, boundaries=mode == "manual")
     assert len(found) == 4
-    assert all(0 < f - 200 * (k + 1) <= 10 for k, f in enumerate(found)), found
+    assert all(0 < f - 200 * (k + 1) <= SHIFT_PERSIST + 10 for k, f in enumerate(found)), found
     assert results["auto"].acc > results["manual"].acc - 0.02
 
 
@@ -114,6 +129,31 @@ def test_plain_training_in_auto_mode_is_adam(random_head_files):
     train(lto_model, opt, 300)
     assert opt.engine.counters.boundaries.tolist() == [0] * len(ref_model.state_dict())
     assert torch.allclose(flat_params(ref_model), flat_params(lto_model), rtol=0.0, atol=1e-6)
+
+
+def test_the_statistic_is_each_gradient_against_adams_second_moment(random_head_files):
+    """The engine's normalized energy of a step, from its window-layout state, is
+    ``mean((g / (sqrt(v_hat) + eps))^2)`` over each tensor's elements, and meta-training's unroll
+    computes the same from its own packed state (no boundary is counted yet, so both step as Adam)."""
+    _, onnx_path = random_head_files
+    grads = shifting_gradients(12)
+    _, opt = _run_numpy(onnx_path, grads[:11])
+    engine, last = opt.engine, grads[11]
+    hyper = np.tile(hyper_row(1e-2, (0.9, 0.999), 1e-8, 0.0), (len(SHAPES), 1))
+    got = engine._normalized_energies([last[n].reshape(-1) for n in SHAPES], hyper)
+    want = []
+    for i, name in enumerate(SHAPES):
+        state = engine.tensor_state(i)
+        v_hat = state["exp_avg_sq"].astype(np.float64) / (1 - 0.999 ** state["step"])
+        want.append(np.mean((last[name] / (np.sqrt(v_hat) + 1e-8)) ** 2))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got.min() > 0
+    unrolled = UnrolledLTO(StepGraph(), list(SHAPES.values()), lr=1e-2, boundaries="auto")
+    params = [torch.from_numpy(p) for p in numpy_params().values()]
+    for g in grads[:11]:
+        params = unrolled.step(params, [torch.from_numpy(g[n]) for n in SHAPES])
+    packed = unrolled.packer.pack([torch.from_numpy(last[n]) for n in SHAPES])
+    np.testing.assert_allclose(unrolled._normalized_energies(packed), want, rtol=1e-4)
 
 
 def _run_numpy(onnx_path, grads, params=None, opt=None):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,3 +210,24 @@ def test_the_task_free_config_round_trips_and_mixes_hidden_and_gradual_problems(
     assert {g[0].boundaries for g in groups} == {"manual", "auto"}
     draws = [config.family.sample_population(np.random.default_rng([0, i]), 2)[0] for i in range(30)]
     assert {s.boundaries for s in draws} == {"manual", "auto"} and {s.blend_steps > 0 for s in draws} == {True, False}
+
+
+def test_hidden_boundaries_script_counts_what_the_start_finds(tmp_path):
+    """scripts/hidden_boundaries.py, in its own process: one line per hidden validation group, each
+    problem's count of the boundaries it marked itself, never more than a few per change."""
+    config = {
+        "validation_family": {"data": ["digits"], "streams": ["split"], "scenarios": ["task"], "archs": ["mlp"],
+                              "tasks": [2, 2], "steps_per_task": [120, 120], "hidden_boundaries": 0.5},
+        "validation_problems": 4, "validation_population": 2, "gate_init": 2.0,
+    }
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(config))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "hidden_boundaries.py"
+    result = subprocess.run([sys.executable, str(script), "--config", str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2, result.stdout  # half of the 4 groups hide their boundaries
+    for line in lines:
+        match = re.fullmatch(r"digits split task mlp, 2 tasks: boundaries found per problem \[(\d+), (\d+)\] \(of 1 changes\)", line)
+        assert match, line
+        assert all(int(n) <= 3 for n in match.groups()), line
