@@ -191,8 +191,10 @@ def _memory_probe(connection, make: OptimizerFactory, shapes: list[tuple[int, ..
             torch.set_num_threads(threads)
         params = make_parameters(shapes)
         # One-time process costs (libraries' lazy initialization, thread pools, onnxruntime's
-        # environment) are paid by a throwaway optimizer on a tiny tensor, not charged to the step.
-        warmup = make(make_parameters([(8,)]))
+        # environment, the kernels backend='torch' compiles once per process) are paid by a
+        # throwaway optimizer on small tensors, not charged to the step: a part of a window and
+        # whole windows, the two paths of the step.
+        warmup = make(make_parameters([(8,), (1 << 14,)]))
         for _ in range(steps):
             warmup.step()
         del warmup
