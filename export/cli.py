@@ -224,7 +224,8 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
 @click.option("--strengths", default="0,1,2,4,8", show_default=True, help="Comma-separated gate strengths (0: plain Adam).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="JSON overriding MetaTrainConfig fields (its validation_family is used).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds of the validation problems, as in lto meta-train; "
-              "with several, the spread of one network's ACC over validation draws (validation noise) is shown.")
+              "with several, the spread of one network's ACC over validation draws (validation noise) is shown, and the spread "
+              "of its difference from the first strength's on the same draws (the noise of a comparison).")
 def gate_sweep_cmd(strengths: str, config_file: str | None, seeds: str) -> None:
     """Validate importance-gated Adam at several strengths on lto meta-train's validation problems.
 
@@ -242,13 +243,22 @@ def gate_sweep_cmd(strengths: str, config_file: str | None, seeds: str) -> None:
     config = _meta_train_config(config_file)
     runs = [gate_sweep(values, config.network, config.validation_groups(seed)) for seed in draws]
     count = config.validation_problems * config.validation_population
-    click.echo(f"{'gate_init':>9}  {'ACC':>6}  {'std':>6}  {'BWT':>7}   ({count} validation problems per seed, seeds {seeds})")
+    first = values[0]
+    click.echo(
+        f"{'gate_init':>9}  {'ACC':>6}  {'std':>6}  {'BWT':>7}  {f'ACC - {first:g}':>9}  {'std':>6}"
+        f"   ({count} validation problems per seed, seeds {seeds})"
+    )
     mean = {}
     for strength in values:
         accs = [run[strength]["acc"] for run in runs]
         mean[strength] = float(np.mean(accs))
         bwt = float(np.mean([run[strength]["bwt"] for run in runs]))
-        click.echo(f"{strength:>9g}  {mean[strength]:.4f}  {float(np.std(accs)):.4f}  {bwt:+.4f}")
+        # Paired: both networks on the same draws, so what the draws share cancels.
+        diffs = [run[strength]["acc"] - run[first]["acc"] for run in runs]
+        click.echo(
+            f"{strength:>9g}  {mean[strength]:.4f}  {float(np.std(accs)):.4f}  {bwt:+.4f}  "
+            f"{float(np.mean(diffs)):>+9.4f}  {float(np.std(diffs)):.4f}"
+        )
     best = max(mean, key=mean.get)
     click.echo(f"best: gate_init {best:g} (ACC {mean[best]:.4f})")
 

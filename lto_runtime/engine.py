@@ -154,6 +154,12 @@ def _host_pair_finite(grad: np.ndarray, param: np.ndarray) -> bool:
     )
 
 
+def _rows(scalars: np.ndarray, windows: int) -> np.ndarray:
+    """``scalars`` repeated as ``windows`` rows, in memory of its own: a broadcast view's zero
+    strides would make ``torch.compile`` build its kernels again for that layout."""
+    return np.repeat(scalars[None], windows, axis=0)
+
+
 def _is_float32(array: Any) -> bool:
     """Whether ``array`` (a NumPy array or a tensor) holds float32."""
     return str(array.dtype) in ("float32", "torch.float32")
@@ -399,7 +405,7 @@ class StepEngine:
         if boundary or refresh:
             for k in self._block_chunks[tensor]:
                 chunk = self.chunks[k]
-                inputs = self._chunk_inputs(k, chunk, grads, params, np.broadcast_to(scalars, (chunk.windows, len(scalars))))
+                inputs = self._chunk_inputs(k, chunk, grads, params, _rows(scalars, chunk.windows))
                 every, none = np.arange(chunk.windows), np.arange(0)
                 self._update_listed_windows(
                     self._state[k], inputs, self._outputs(chunk.windows), every if boundary else none, every if refresh else none
@@ -410,7 +416,7 @@ class StepEngine:
         stop = windows * self.layout.window_elements
         inputs = {
             "grad": grads[tensor][:stop].reshape(shape), "param": params[tensor][:stop].reshape(shape), **block,
-            "scalars": self.buffers.upload(np.broadcast_to(scalars, (windows, len(scalars)))),
+            "scalars": self.buffers.upload(_rows(scalars, windows)),
         }
         self.buffers.synchronize()
         self.step_function.step_in_place(inputs)

@@ -188,6 +188,19 @@ def test_gate_sweep_over_seeds_shows_the_validation_noise(tmp_path):
     assert accs[0] != accs[1]  # other validation problems, other score: the noise the column shows
     row = next(line for line in result.output.splitlines() if line.strip().startswith("2 "))
     assert row.split()[1:3] == [f"{np.mean(accs):.4f}", f"{np.std(accs):.4f}"]
+    assert row.split()[4:6] == ["+0.0000", "0.0000"]  # the first strength against itself
+
+
+def test_gate_sweep_pairs_each_strength_with_the_first_on_the_same_draws(tmp_path):
+    config = _config()
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(config.to_dict()))
+    result = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,4", "--config", str(path), "--seeds", "0,1"])
+    assert result.exit_code == 0, result.output
+    runs = [gate_sweep([0.0, 4.0], config.network, config.validation_groups(seed)) for seed in (0, 1)]
+    diffs = [run[4.0]["acc"] - run[0.0]["acc"] for run in runs]
+    row = next(line for line in result.output.splitlines() if line.strip().startswith("4 "))
+    assert row.split()[4:6] == [f"{np.mean(diffs):+.4f}", f"{np.std(diffs):.4f}"]
 
 
 def test_validation_problems_cover_every_source_and_stream_kind():
