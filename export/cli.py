@@ -222,45 +222,59 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
 
 @main.command("gate-sweep")
 @click.option("--strengths", default="0,1,2,4,8", show_default=True, help="Comma-separated gate strengths (0: plain Adam).")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Also validate this network (a .safetensors checkpoint, e.g. a meta-training run's best); repeatable.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="JSON overriding MetaTrainConfig fields (its validation_family is used).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds of the validation problems, as in lto meta-train; "
               "with several, the spread of one network's ACC over validation draws (validation noise) is shown, and the spread "
               "of its difference from the first strength's on the same draws (the noise of a comparison).")
-def gate_sweep_cmd(strengths: str, config_file: str | None, seeds: str) -> None:
+def gate_sweep_cmd(strengths: str, checkpoints: tuple[str, ...], config_file: str | None, seeds: str) -> None:
     """Validate importance-gated Adam at several strengths on lto meta-train's validation problems.
 
     A guide for meta-training's start (`gate_init`) and for hand-set files (`lto export
-    --gate-init S`); check a choice on unseen streams with `lto bench cl`.
+    --gate-init S`); with `--checkpoint`, also a meta-trained network against them, on draws of
+    validation problems its run never saw (other `--seeds` than the run's). Check a choice on
+    unseen streams with `lto bench cl`.
     """
     import numpy as np
     import torch
 
-    from lto_core.evaluation import gate_sweep
+    from lto_core.checkpoint import load_checkpoint
+    from lto_core.evaluation import gate_sweep, validate
 
     values = _numbers(strengths, float, "--strengths", "0,2,8")
+    if not values:
+        raise click.BadParameter("give at least one strength: the first is what every row is compared with", param_hint="--strengths")
     draws = _numbers(seeds, int, "--seeds", "0,1,2")
     torch.set_num_threads(1)
     config = _meta_train_config(config_file)
-    runs = [gate_sweep(values, config.network, config.validation_groups(seed)) for seed in draws]
+    networks = [load_checkpoint(path)[0].eval() for path in checkpoints]
+    runs = []
+    for seed in draws:
+        groups = config.validation_groups(seed)
+        scores = {f"{v:g}": score for v, score in gate_sweep(values, config.network, groups).items()}
+        scores.update({path: validate(graph, groups) for path, graph in zip(checkpoints, networks)})
+        runs.append(scores)
     count = config.validation_problems * config.validation_population
-    first = values[0]
+    first = f"{values[0]:g}"
+    width = max(9, *(len(label) for label in runs[0]))
     click.echo(
-        f"{'gate_init':>9}  {'ACC':>6}  {'std':>6}  {'BWT':>7}  {f'ACC - {first:g}':>9}  {'std':>6}"
+        f"{'gate_init':>{width}}  {'ACC':>6}  {'std':>6}  {'BWT':>7}  {f'ACC - {first}':>9}  {'std':>6}"
         f"   ({count} validation problems per seed, seeds {seeds})"
     )
     mean = {}
-    for strength in values:
-        accs = [run[strength]["acc"] for run in runs]
-        mean[strength] = float(np.mean(accs))
-        bwt = float(np.mean([run[strength]["bwt"] for run in runs]))
+    for label in runs[0]:
+        accs = [run[label]["acc"] for run in runs]
+        mean[label] = float(np.mean(accs))
+        bwt = float(np.mean([run[label]["bwt"] for run in runs]))
         # Paired: both networks on the same draws, so what the draws share cancels.
-        diffs = [run[strength]["acc"] - run[first]["acc"] for run in runs]
+        diffs = [run[label]["acc"] - run[first]["acc"] for run in runs]
         click.echo(
-            f"{strength:>9g}  {mean[strength]:.4f}  {float(np.std(accs)):.4f}  {bwt:+.4f}  "
+            f"{label:>{width}}  {mean[label]:.4f}  {float(np.std(accs)):.4f}  {bwt:+.4f}  "
             f"{float(np.mean(diffs)):>+9.4f}  {float(np.std(diffs)):.4f}"
         )
-    best = max(mean, key=mean.get)
-    click.echo(f"best: gate_init {best:g} (ACC {mean[best]:.4f})")
+    best = max((f"{v:g}" for v in values), key=mean.get)
+    click.echo(f"best: gate_init {best} (ACC {mean[best]:.4f})")
 
 
 def _numbers(text: str, kind: type, option: str, example: str) -> list:

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from lto_core.checkpoint import load_checkpoint
+from lto_core.checkpoint import load_checkpoint, save_checkpoint
 from lto_core.evaluation import gate_sweep, validate
 from lto_core.families import Family, shape_key
 from lto_core.meta_train import MetaTrainConfig, meta_train
@@ -201,6 +201,23 @@ def test_gate_sweep_pairs_each_strength_with_the_first_on_the_same_draws(tmp_pat
     diffs = [run[4.0]["acc"] - run[0.0]["acc"] for run in runs]
     row = next(line for line in result.output.splitlines() if line.strip().startswith("4 "))
     assert row.split()[4:6] == [f"{np.mean(diffs):+.4f}", f"{np.std(diffs):.4f}"]
+
+
+def test_gate_sweep_validates_a_checkpoint_beside_the_strengths(tmp_path):
+    """A saved network is validated on the same draws and paired with the first strength: a
+    checkpoint of the gate at strength 2 scores exactly what strength 2 does."""
+    config = _config()
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(config.to_dict()))
+    graph = StepGraph(config.network)
+    graph.network.init_importance_gate(2.0)
+    weights = save_checkpoint(graph, tmp_path / "gate2", {"meta_trained": False, "note": "test"})
+    result = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,2", "--checkpoint", str(weights), "--config", str(path), "--seeds", "0,1"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines()[1:-1]}
+    assert rows[str(weights)] == rows["2"] and rows["0"][3:] == ["+0.0000", "0.0000"]
+    missing = CliRunner().invoke(main, ["gate-sweep", "--checkpoint", str(tmp_path / "none.safetensors"), "--config", str(path)])
+    assert missing.exit_code == 2 and "none.safetensors" in missing.output
 
 
 def test_validation_problems_cover_every_source_and_stream_kind():
