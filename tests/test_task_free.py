@@ -8,6 +8,11 @@ and restored state, and against bad input.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -287,3 +292,20 @@ def test_keras_auto_mode_saves_and_restores_its_shift_statistics(tmp_path):
     for name in ("energy_short", "energy_long"):
         saved = [trained.optimizer.engine.tensor_state(i)[name] for i in range(2)]
         assert saved == [loaded.optimizer.engine.tensor_state(i)[name] for i in range(2)] and min(saved) > 0
+
+
+def test_shift_detection_script_records_and_replays_the_detector(tmp_path):
+    """scripts/shift_detection.py in its own processes: Adam's recorded statistic on split digits,
+    replayed through StepCounters, marks the one task change and nothing in plain training."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "shift_detection.py"
+    record = [sys.executable, str(script), "record", "--out", str(tmp_path), "--data", "digits", "--archs", "mlp",
+              "--seeds", "0", "--tasks", "2", "--steps", "150"]
+    done = subprocess.run(record, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = np.load(tmp_path / "digits-split-mlp-0.npy")
+    assert rows.shape == (300, len(list(make_model("mlp", (64,), 10, seed=0).parameters())))
+    assert (rows[1:] > 0).all() and (rows[0] == 0).all()
+    scored = subprocess.run([sys.executable, str(script), "score", str(tmp_path), "--steps", "150"], capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert re.search(r"^split-mlp\s+changes found 1/1  false marks 0 in 300 steps$", scored.stdout, flags=re.MULTILINE), scored.stdout
+    assert re.search(r"^stationary-mlp\s+changes found 0/0  false marks 0 in 300 steps$", scored.stdout, flags=re.MULTILINE), scored.stdout
