@@ -163,26 +163,28 @@ def test_cli_meta_train_writes_a_run_and_reports(tmp_path):
     assert Family.from_dict(json.loads((out / "progress.json").read_text())["config"]["family"]).archs == ("mlp",)
 
 
-def test_gate_sweep_zero_is_adam_and_the_cli_names_the_best(tmp_path):
+def _gate_sweep_cli(tmp_path, *args: str):
+    """``lto gate-sweep --config`` (the tiny config of :func:`_config`) with ``args``: the config and the result."""
     config = _config()
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(config.to_dict()))
+    return config, CliRunner().invoke(main, ["gate-sweep", "--config", str(path), *args])
+
+
+def test_gate_sweep_zero_is_adam_and_the_cli_names_the_best(tmp_path):
+    config, result = _gate_sweep_cli(tmp_path, "--strengths", "0,4")
+    assert result.exit_code == 0, result.output
     scores = gate_sweep([0.0, 4.0], config.network, config.validation_groups(0))
     adam = validate(StepGraph(config.network), config.validation_groups(0))  # zero head: exactly Adam
     assert scores[0.0] == adam and scores[4.0] != adam
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(config.to_dict()))
-    result = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,4", "--config", str(path)])
-    assert result.exit_code == 0, result.output
     best = max(scores, key=lambda k: scores[k]["acc"])
     assert f"best: gate_init {best:g} (ACC {scores[best]['acc']:.4f})" in result.output
-    bad = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,x", "--config", str(path)])
+    _, bad = _gate_sweep_cli(tmp_path, "--strengths", "0,x")
     assert bad.exit_code == 2 and "comma-separated list of numbers" in bad.output
 
 
 def test_gate_sweep_over_seeds_shows_the_validation_noise(tmp_path):
-    config = _config()
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(config.to_dict()))
-    result = CliRunner().invoke(main, ["gate-sweep", "--strengths", "2", "--config", str(path), "--seeds", "0,1"])
+    config, result = _gate_sweep_cli(tmp_path, "--strengths", "2", "--seeds", "0,1")
     assert result.exit_code == 0, result.output
     accs = [gate_sweep([2.0], config.network, config.validation_groups(seed))[2.0]["acc"] for seed in (0, 1)]
     assert accs[0] != accs[1]  # other validation problems, other score: the noise the column shows
@@ -192,10 +194,7 @@ def test_gate_sweep_over_seeds_shows_the_validation_noise(tmp_path):
 
 
 def test_gate_sweep_pairs_each_strength_with_the_first_on_the_same_draws(tmp_path):
-    config = _config()
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(config.to_dict()))
-    result = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,4", "--config", str(path), "--seeds", "0,1"])
+    config, result = _gate_sweep_cli(tmp_path, "--strengths", "0,4", "--seeds", "0,1")
     assert result.exit_code == 0, result.output
     runs = [gate_sweep([0.0, 4.0], config.network, config.validation_groups(seed)) for seed in (0, 1)]
     diffs = [run[4.0]["acc"] - run[0.0]["acc"] for run in runs]
@@ -206,17 +205,14 @@ def test_gate_sweep_pairs_each_strength_with_the_first_on_the_same_draws(tmp_pat
 def test_gate_sweep_validates_a_checkpoint_beside_the_strengths(tmp_path):
     """A saved network is validated on the same draws and paired with the first strength: a
     checkpoint of the gate at strength 2 scores exactly what strength 2 does."""
-    config = _config()
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(config.to_dict()))
-    graph = StepGraph(config.network)
+    graph = StepGraph(_config().network)
     graph.network.init_importance_gate(2.0)
     weights = save_checkpoint(graph, tmp_path / "gate2", {"meta_trained": False, "note": "test"})
-    result = CliRunner().invoke(main, ["gate-sweep", "--strengths", "0,2", "--checkpoint", str(weights), "--config", str(path), "--seeds", "0,1"])
+    _, result = _gate_sweep_cli(tmp_path, "--strengths", "0,2", "--checkpoint", str(weights), "--seeds", "0,1")
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split()[1:] for line in result.output.splitlines()[1:-1]}
     assert rows[str(weights)] == rows["2"] and rows["0"][3:] == ["+0.0000", "0.0000"]
-    missing = CliRunner().invoke(main, ["gate-sweep", "--checkpoint", str(tmp_path / "none.safetensors"), "--config", str(path)])
+    _, missing = _gate_sweep_cli(tmp_path, "--checkpoint", str(tmp_path / "none.safetensors"))
     assert missing.exit_code == 2 and "none.safetensors" in missing.output
 
 
