@@ -73,7 +73,7 @@ class OptimizerSession:
         threads: intra-op threads for onnxruntime. The default, 1, runs the step on the calling
             thread, so it never competes with the training framework's own thread pool or with
             other processes for cores; pass more for large models on an otherwise idle machine.
-            0: onnxruntime's default (one per physical core). Threads never spin while waiting.
+            0: onnxruntime's default (one per physical core). Threads spin only while a step runs.
 
     Attributes:
         spec: the file's metadata.
@@ -96,8 +96,11 @@ class OptimizerSession:
         # Only onnxruntime's parallel execution mode uses an inter-op pool; 1 keeps it from taking a thread per core.
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        # A spinning onnxruntime thread pool steals the cores the training framework needs between steps.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The pool's threads spin between the step's operators (waking a sleeping thread for each
+        # of them costs more than the operator's share of the work) and stop when a run returns:
+        # a pool that kept spinning would steal the cores the training framework needs between steps.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=requested)
         self.providers: list[str] = self.session.get_providers()
         missing = [p for p in map(provider_name, requested) if p not in self.providers]

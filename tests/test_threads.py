@@ -1,5 +1,5 @@
-"""Threads: onnxruntime's pools default to one thread that never spins; the CLI's --threads sets
-torch's threads and LTO's session from one option."""
+"""Threads: onnxruntime's pools default to one thread, and their threads stop spinning when a step
+returns; the CLI's --threads sets torch's threads and LTO's session from one option."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ def torch_threads_restored():
     torch.set_num_threads(before)
 
 
-def test_session_defaults_to_one_thread_that_does_not_spin():
+def test_session_defaults_to_one_thread_and_stops_spinning_between_steps():
     options = OptimizerSession().session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.inter_op_num_threads == 1
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # Spinning between a step's operators, never after the step returns (torch's turn).
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
 
 
 def test_zero_threads_is_onnxruntimes_default():
