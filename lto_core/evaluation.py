@@ -43,6 +43,12 @@ def run_population(graph: StepGraph, specs: Sequence[ProblemSpec]) -> list[np.nd
     The optimizer is told where each task ends only when the problems' ``boundaries`` are
     ``"manual"``; ``R`` is measured at the true task ends either way, and a gradual stream's
     batches blend each task into the next (:meth:`Population.training_batch`)."""
+    return train_population(graph, specs)[0]
+
+
+def train_population(graph: StepGraph, specs: Sequence[ProblemSpec]) -> tuple[list[np.ndarray], UnrolledLTO]:
+    """:func:`run_population`, and the optimizer it trained with (its counters say, for example,
+    how many boundaries each problem marked itself)."""
     population = Population(specs)
     params, opt, rngs = start_population(graph, population)
     tasks = population.tasks
@@ -55,7 +61,7 @@ def run_population(graph: StepGraph, specs: Sequence[ProblemSpec]) -> list[np.nd
                 x, y, source = population.training_batch(i, step, rngs, population.specs[0].batch_size)
                 params = opt.step(params, population.grads(params, source, x, y))
             R[:, i] = np.stack([population.accuracies(params, j) for j in range(tasks)], axis=1)
-    return list(R)
+    return list(R), opt
 
 
 def validation_groups(family: Family, groups: int, size: int, seed: int) -> list[list[ProblemSpec]]:

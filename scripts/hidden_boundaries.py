@@ -17,23 +17,17 @@ import json
 
 import torch
 
-from lto_core.evaluation import start_population
+from lto_core.evaluation import train_population
 from lto_core.meta_train import MetaTrainConfig
-from lto_core.population import Population
 from lto_core.step import StepGraph
 
 
-def found_boundaries(graph: StepGraph, population: Population) -> list[int]:
-    """Train the problems of ``population`` (one shape, boundaries hidden) through their streams;
-    the boundaries each problem's optimizer marked."""
-    params, opt, rngs = start_population(graph, population)
-    with torch.no_grad():
-        for task in range(population.tasks):
-            for step in range(population.steps_per_task):
-                x, y, source = population.training_batch(task, step, rngs, population.specs[0].batch_size)
-                params = opt.step(params, population.grads(params, source, x, y))
+def found_boundaries(graph: StepGraph, specs: list) -> list[int]:
+    """Train the problems of ``specs`` (one shape, boundaries hidden) through their streams, as
+    validation does; the boundaries each problem's optimizer marked."""
+    _, opt = train_population(graph, specs)
     # Tensors are laid out tensor by tensor, copy by copy: every tensor of a copy shares its count.
-    return opt.counters.boundaries.reshape(-1, population.size)[0].tolist()
+    return opt.counters.boundaries.reshape(-1, len(specs))[0].tolist()
 
 
 def main() -> None:
@@ -48,13 +42,12 @@ def main() -> None:
     if config.gate_init:
         graph.network.init_importance_gate(config.gate_init)
     for group in config.validation_groups(args.seed):
-        population = Population(group)
-        if population.boundaries != "auto":
-            continue
         spec = group[0]
-        found = found_boundaries(graph, population)
-        print(f"{spec.data} {spec.stream} {spec.scenario} {spec.arch}, {population.tasks} tasks: "
-              f"boundaries found per problem {found} (of {population.tasks - 1} changes)")
+        if spec.boundaries != "auto":
+            continue
+        found = found_boundaries(graph, group)
+        print(f"{spec.data} {spec.stream} {spec.scenario} {spec.arch}, {spec.tasks} tasks: "
+              f"boundaries found per problem {found} (of {spec.tasks - 1} changes)")
 
 
 if __name__ == "__main__":

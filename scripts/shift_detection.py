@@ -31,7 +31,7 @@ from lto_core.continual import run_stream
 from lto_core.data import load_dataset
 from lto_core.models import make_model
 from lto_core.streams import make_stream
-from lto_runtime.state import StepCounters, normalized_energy
+from lto_runtime.state import StepCounters, hyper_row, normalized_energy
 
 #: (stream kind, scenario) of the recorded streams.
 KINDS = {"split": "task", "permuted": "domain", "rotated": "domain"}
@@ -85,7 +85,7 @@ def replay(rows: np.ndarray) -> list[int]:
     """Steps at which :class:`StepCounters` marks a task boundary itself (the first step aside)."""
     counters = StepCounters(rows.shape[1], refresh_every=10, boundaries="auto")
     active = np.ones(rows.shape[1], dtype=bool)
-    hyper = np.tile([1e-3, 0.9, 0.999, 1e-8, 0.0], (rows.shape[1], 1))
+    hyper = np.tile(hyper_row(1e-3, (0.9, 0.999), 1e-8, 0.0), (rows.shape[1], 1))
     marks = []
     for step, energies in enumerate(rows):
         _, boundary, _ = counters.advance(active, hyper, energies)

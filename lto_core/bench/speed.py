@@ -108,19 +108,16 @@ def make_parameters(shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[to
 WARM_STEPS_AFTER_BOUNDARY = 12
 
 
-def warm_up(methods: dict[str, OptimizerFactory], params: list[torch.Tensor], steps: int = 3) -> None:
-    """A few untimed steps of every method on ``params`` (copies, so they are not moved) before any
-    is timed: the process's allocator adapts to the first large blocks freed (glibc raises its
-    thresholds), and the method timed first would otherwise run on a colder allocator than the rest
-    (at 1e6 parameters, Adam took 3.1 ms timed first and 2.0 ms timed after LTO)."""
+def warm_up(methods: dict[str, OptimizerFactory], shapes: Sequence[tuple[int, ...]], steps: int = 3) -> None:
+    """A few untimed steps of every method on parameters of ``shapes`` (its own, so the timed ones
+    are not moved) before any is timed: the process's allocator adapts to the first large blocks
+    freed (glibc raises its thresholds), and the method timed first would otherwise run on a colder
+    allocator than the rest (at 1e6 parameters, Adam took 3.1 ms timed first and 2.0 ms timed after LTO)."""
     for make in methods.values():
-        copies = [p.detach().clone().requires_grad_() for p in params]
-        for copy, p in zip(copies, params):
-            copy.grad = p.grad.clone()
-        optimizer = make(copies)
+        optimizer = make(make_parameters(shapes))
         for _ in range(steps):
             optimizer.step()
-        del optimizer, copies
+        del optimizer
         gc.collect()
 
 
@@ -302,7 +299,7 @@ def run_speed(
         shapes = speed_shapes(size)
         repeats = config.repeats or (max(30, default_repeats(size)) if config.after_boundary else default_repeats(size))
         params = make_parameters(shapes)
-        warm_up(methods, params)
+        warm_up(methods, shapes)
         # What the ratios compare: each method's median step, or its mean after a boundary.
         compared = {}
         for name, make in methods.items():
