@@ -46,6 +46,57 @@ def compiled_element_steps() -> tuple[Callable, Callable]:
 _PULL = TOKEN_STATE_NAMES.index("pull")
 
 
+def _detached(args: tuple) -> tuple:
+    """``args`` with each tensor detached: the same memory and version counter, but not a view.
+    torch.compile guards on the base of a view (its shape, strides), and bases differ from call to
+    call (a parameter, a state block, a window buffer)."""
+    return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _windows_dynamic(function: Callable) -> Callable:
+    """``function`` through ``torch.compile``, its first compile valid for any number of windows
+    and of tokens per window (the first two dimensions of every ``[B, W, ...]`` argument, the
+    first of the scalars; the tokens so that one window can pass as two of half the tokens), the
+    elements per token a constant in it.
+
+    A further compile costs seconds, and tens of MB that the process keeps, so a model of a new
+    size must not need one. Left to torch, the first compile fixes the window count (a second one
+    makes it dynamic) and "duck sizing" equates it with any size equal to it in the first call
+    (16 windows of 16 tokens). Marked dynamic on tensors made for the call, it is neither; marks
+    on the caller's tensors would stay on them and reach other compiled functions. A call of one
+    window still compiles apart (torch makes the count 1 a constant): callers avoid it.
+    """
+    compiled = torch.compile(function, fullgraph=True)
+
+    @functools.wraps(function)
+    def run(*args: Any) -> Any:
+        args = _detached(args)
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                torch._dynamo.maybe_mark_dynamic(a, 0)
+                if a.dim() == 3:
+                    torch._dynamo.maybe_mark_dynamic(a, 1)
+        return compiled(*args)
+
+    return run
+
+
+def _any_window_count(function: Callable) -> Callable:
+    """``function`` through ``torch.compile``, its first compile valid for any sizes (see
+    :func:`_windows_dynamic`), chunks of one window included: ``dynamic=True``, and while torch
+    compiles (inside the call) no duck sizing and no constant for a size of 0 or 1 (size-oblivious
+    sizes). For the rare calls (boundaries, refreshes): setting them costs some 20 us a call.
+    """
+    compiled = torch.compile(function, dynamic=True, fullgraph=True)
+
+    @functools.wraps(function)
+    def run(*args: Any) -> Any:
+        with torch.fx.experimental._config.patch(use_duck_shape=False, backed_size_oblivious=True):
+            return compiled(*_detached(args))
+
+    return run
+
+
 # The element steps of TorchStepFunction.step_in_place: the results written where the engine keeps
 # them, the new moments over the old, the update added to the parameter itself ("onto") or written
 # into a buffer ("into"). Through torch.compile each is one loop that reads every input and writes
@@ -96,13 +147,13 @@ def in_place_element_step(protected: bool, onto_param: bool, compiled: bool) -> 
 
     :func:`~lto_core.step.protected_element_step` where some coefficient is non-zero, else
     :func:`~lto_core.step.adam_element_step`; the update added to the parameter (``onto_param``)
-    or written into a buffer. ``compiled``: through ``torch.compile``, whose shapes turn dynamic
-    when a second window count comes (torch's automatic dynamic shapes): chunks of any size then
-    share the kernel, and the window and token sizes stay fixed in it.
+    or written into a buffer. ``compiled``: through ``torch.compile``, one version for every
+    window count (:func:`_windows_dynamic`; :meth:`TorchStepFunction.step_in_place` gives it one
+    window as two).
     """
     step = {(False, True): _adam_onto, (False, False): _adam_into, (True, True): _protected_onto, (True, False): _protected_into}
     chosen = step[protected, onto_param]
-    return torch.compile(chosen, fullgraph=True) if compiled else chosen
+    return _windows_dynamic(chosen) if compiled else chosen
 
 
 def _consolidate_at(graph: StepGraph, at: torch.Tensor, param, mask, exp_avg_sq, log_importance, scalars) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,9 +172,10 @@ def compiled_listed_steps() -> tuple[Callable, Callable]:
     and the token summaries, network and bounding of a refresh, as a few fused loops.
 
     Compiled once per process; the step graph is an argument, so every graph of the same
-    configuration shares the code, its weights read as inputs. Shapes are dynamic.
+    configuration shares the code, its weights read as inputs. One version serves every number of
+    windows and of listed windows (:func:`_any_window_count`).
     """
-    return tuple(torch.compile(f, dynamic=True, fullgraph=True) for f in (_consolidate_at, _refresh_at))
+    return tuple(_any_window_count(f) for f in (_consolidate_at, _refresh_at))
 
 
 class TorchStepFunction:
@@ -165,14 +217,19 @@ class TorchStepFunction:
             coefficients = _as_tensor(inputs["coefficients"])
             protected, pulls = _branches(coefficients)
             step = in_place_element_step(protected, update is None, self.compiled)
-            moments = (_as_tensor(inputs["grad"]), _as_tensor(inputs["param"]), _as_tensor(inputs["exp_avg"]), _as_tensor(inputs["exp_avg_sq"]))
+            names = ("grad", "param", "exp_avg", "exp_avg_sq", *(("log_importance", "anchor", "coefficients") if protected else ()))
+            windows = [_as_tensor(inputs[name]) for name in names]
+            out = [] if update is None else [_as_tensor(update)]
             scalars = _as_tensor(inputs["scalars"])
+            if self.compiled and len(scalars) == 1 and self.window % 2 == 0:
+                # One window as two of half the tokens (views of the same memory; the same numbers,
+                # since the element step is per element with per-window scalars): torch compiles a
+                # call of one window apart from all others (the count 1 becomes a constant), and
+                # a model with a one-window tensor would compile the step a second time.
+                windows, out = ([x.view(2, self.window // 2, *x.shape[2:]) for x in xs] for xs in (windows, out))
+                scalars = scalars.repeat(2, 1)
             decay = True if self.compiled else None
-            if protected:
-                args = (*moments, _as_tensor(inputs["log_importance"]), _as_tensor(inputs["anchor"]), coefficients, scalars, decay, pulls)
-            else:
-                args = (*moments, scalars, decay)
-            step(*args, *(() if update is None else (_as_tensor(update),)))
+            step(*windows, scalars, decay, *((pulls,) if protected else ()), *out)
 
     def run_listed(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """What :meth:`run` writes into ``consolidated_log_importance``, ``consolidated_anchor`` and
@@ -186,13 +243,19 @@ class TorchStepFunction:
             consolidate, refresh = compiled_listed_steps() if self.compiled else (_consolidate_at, _refresh_at)
             at = given["boundary_windows"].long()
             if len(at):
-                consolidated, anchors = consolidate(self.graph, at, *(given[n] for n in ("param", "mask", "exp_avg_sq", "log_importance", "scalars")))
-                _as_tensor(outputs["consolidated_log_importance"]).copy_(consolidated)
-                _as_tensor(outputs["consolidated_anchor"]).copy_(anchors)
+                consolidated, anchors = consolidate(self.graph, self._listed(at), *(given[n] for n in ("param", "mask", "exp_avg_sq", "log_importance", "scalars")))
+                _as_tensor(outputs["consolidated_log_importance"]).copy_(consolidated[: len(at)])
+                _as_tensor(outputs["consolidated_anchor"]).copy_(anchors[: len(at)])
             at = given["refresh_windows"].long()
             if len(at):
                 names = ("grad", "param", "mask", "exp_avg", "exp_avg_sq", "log_importance", "anchor", "scalars", "ctx")
-                _as_tensor(outputs["refreshed_coefficients"]).copy_(refresh(self.graph, at, *(given[n] for n in names)))
+                _as_tensor(outputs["refreshed_coefficients"]).copy_(refresh(self.graph, self._listed(at), *(given[n] for n in names))[: len(at)])
+
+    def _listed(self, at: torch.Tensor) -> torch.Tensor:
+        """The windows ``at`` as the compiled listed steps take them: one window listed twice (its
+        result read once; windows are computed independently), since torch compiles a list of one
+        window apart from all others."""
+        return at.repeat(2) if self.compiled and len(at) == 1 else at
 
     def run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """Read ``inputs`` and write every output into ``outputs`` in place (tensors or NumPy arrays)."""
