@@ -47,7 +47,8 @@ def demo(tasks: int, iters: int | None, lr: float, seed: int, threads: int, quic
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Where to write the .onnx file.")
 @click.option("--as-default", is_flag=True, help="Make this the packaged default: copy the checkpoint beside lto_core and write lto_runtime/models/default.onnx.")
 @click.option("--gate-init", type=float, default=None, help="Instead of a checkpoint, a fresh network set to importance-gated Adam of this strength (0: plain Adam).")
-def export_cmd(checkpoint: str | None, out: str | None, as_default: bool, gate_init: float | None) -> None:
+@click.option("--pull-init", type=float, default=0.0, show_default=True, help="With --gate-init: the fresh network's pull toward the anchor (EWC-like; 0: none).")
+def export_cmd(checkpoint: str | None, out: str | None, as_default: bool, gate_init: float | None, pull_init: float) -> None:
     """Export a checkpoint's step graph to one self-contained ONNX optimizer file."""
     from lto_core.checkpoint import DEFAULT_CHECKPOINT
     from lto_export.onnx_export import export_onnx, initial_checkpoint, install_default
@@ -56,13 +57,15 @@ def export_cmd(checkpoint: str | None, out: str | None, as_default: bool, gate_i
         raise click.UsageError("give exactly one of --out FILE or --as-default")
     if gate_init is not None and checkpoint is not None:
         raise click.UsageError("give --checkpoint or --gate-init, not both")
+    if pull_init and gate_init is None:
+        raise click.UsageError("--pull-init sets a fresh network: give it with --gate-init (0 for the pull alone)")
     if as_default and checkpoint is None and gate_init is None:
         raise click.UsageError("--as-default needs --checkpoint or --gate-init (the packaged default is already installed)")
     # With --out the fresh checkpoint is kept beside the file; with --as-default install_default
     # copies it beside lto_core, so it only needs a scratch folder that goes away afterwards.
     with tempfile.TemporaryDirectory(prefix="lto-init-") as scratch:
         if gate_init is not None:
-            checkpoint = initial_checkpoint(gate_init, Path(out).with_suffix(".safetensors") if out else Path(scratch) / "init.safetensors")
+            checkpoint = initial_checkpoint(gate_init, Path(out).with_suffix(".safetensors") if out else Path(scratch) / "init.safetensors", pull_init)
         path = install_default(checkpoint) if as_default else export_onnx(out, checkpoint or DEFAULT_CHECKPOINT)
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
 
@@ -221,7 +224,8 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
 
 
 @main.command("gate-sweep")
-@click.option("--strengths", default="0,1,2,4,8", show_default=True, help="Comma-separated gate strengths (0: plain Adam).")
+@click.option("--strengths", default="0,1,2,4,8", show_default=True,
+              help="Comma-separated gate strengths (0: plain Adam); STRENGTH:PULL adds EWC's pull toward the anchor (0:1: the pull alone).")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="Also validate this network (a .safetensors checkpoint, e.g. a meta-training run's best); repeatable.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="JSON overriding MetaTrainConfig fields (its validation_family is used).")
@@ -242,7 +246,7 @@ def gate_sweep_cmd(strengths: str, checkpoints: tuple[str, ...], config_file: st
     from lto_core.checkpoint import load_checkpoint
     from lto_core.evaluation import gate_sweep, validate
 
-    values = _numbers(strengths, float, "--strengths", "0,2,8")
+    values = _settings(strengths)
     if not values:
         raise click.BadParameter("give at least one strength: the first is what every row is compared with", param_hint="--strengths")
     draws = _numbers(seeds, int, "--seeds", "0,1,2")
@@ -252,11 +256,11 @@ def gate_sweep_cmd(strengths: str, checkpoints: tuple[str, ...], config_file: st
     runs = []
     for seed in draws:
         groups = config.validation_groups(seed)
-        scores = {f"{v:g}": score for v, score in gate_sweep(values, config.network, groups).items()}
+        scores = {_setting_label(*v): score for v, score in gate_sweep(values, config.network, groups).items()}
         scores.update({path: validate(graph, groups) for path, graph in zip(checkpoints, networks)})
         runs.append(scores)
     count = config.validation_problems * config.validation_population
-    first = f"{values[0]:g}"
+    first = _setting_label(*values[0])
     width = max(9, *(len(label) for label in runs[0]))
     click.echo(
         f"{'gate_init':>{width}}  {'ACC':>6}  {'std':>6}  {'BWT':>7}  {f'ACC - {first}':>9}  {'std':>6}"
@@ -273,8 +277,27 @@ def gate_sweep_cmd(strengths: str, checkpoints: tuple[str, ...], config_file: st
             f"{label:>{width}}  {mean[label]:.4f}  {float(np.std(accs)):.4f}  {bwt:+.4f}  "
             f"{float(np.mean(diffs)):>+9.4f}  {float(np.std(diffs)):.4f}"
         )
-    best = max((f"{v:g}" for v in values), key=mean.get)
+    best = max((_setting_label(*v) for v in values), key=mean.get)
     click.echo(f"best: gate_init {best} (ACC {mean[best]:.4f})")
+
+
+def _settings(text: str) -> list[tuple[float, float]]:
+    """``--strengths`` as ``(strength, pull)`` pairs: ``S`` is ``(S, 0)``, ``S:P`` is ``(S, P)``."""
+    pairs = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) > 2:
+            raise click.BadParameter(f"{item!r} is not STRENGTH or STRENGTH:PULL, such as 2 or 0:1", param_hint="--strengths")
+        strength, *pull = _numbers(",".join(parts), float, "--strengths", "0,2,0:1")
+        pairs.append((strength, pull[0] if pull else 0.0))
+    return pairs
+
+
+def _setting_label(strength: float, pull: float) -> str:
+    """``2`` for a gate alone, ``0:1`` with a pull: as given to ``--strengths``."""
+    return f"{strength:g}:{pull:g}" if pull else f"{strength:g}"
 
 
 def _numbers(text: str, kind: type, option: str, example: str) -> list:

@@ -126,24 +126,26 @@ def install_default(checkpoint: str | Path) -> Path:
     return export_onnx(default_model_path(), weights)
 
 
-def initial_checkpoint(gate_init: float, path: str | Path | None = None) -> Path:
+def initial_checkpoint(gate_init: float, path: str | Path | None = None, pull_init: float = 0.0) -> Path:
     """Write the checkpoint of a network that has not been meta-trained and return its path.
 
-    ``gate_init = 0`` is the zero-head network (exactly Adam); otherwise importance-gated Adam,
-    ``adam_dir * 2 / (1 + (1 + Omega)^gate_init)`` (:meth:`TokenNetwork.init_importance_gate`).
+    ``gate_init = pull_init = 0`` is the zero-head network (exactly Adam); otherwise
+    importance-gated Adam, ``adam_dir * 2 / (1 + (1 + Omega)^gate_init)``, plus EWC's pull toward
+    the anchor of strength ``pull_init`` (:meth:`TokenNetwork.init_importance_gate`).
     ``path`` defaults to a file in a new temporary folder.
     """
     # Seeded on a fork of the CPU generator: the same network every time, the caller's stream untouched.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(0)
         graph = StepGraph()
-    if gate_init:
-        graph.network.init_importance_gate(gate_init)
-        note = f"importance-gated Adam, gate_init={gate_init:g}: exactly Adam until a task boundary"
+    if gate_init or pull_init:
+        graph.network.init_importance_gate(gate_init, pull_init)
+        pull = f", pull_init={pull_init:g}" if pull_init else ""
+        note = f"importance-gated Adam, gate_init={gate_init:g}{pull}: exactly Adam until a task boundary"
     else:
         note = "zero output head: computes Adam exactly"
     if path is None:
         import tempfile
 
         path = Path(tempfile.mkdtemp(prefix="lto-init-")) / "init.safetensors"
-    return save_checkpoint(graph, path, {"meta_trained": False, "note": note, "gate_init": gate_init})
+    return save_checkpoint(graph, path, {"meta_trained": False, "note": note, "gate_init": gate_init, "pull_init": pull_init})

@@ -1,7 +1,7 @@
 """Evaluating a step function on whole continual-learning problems, without meta-gradients.
 
 Meta-training keeps the network that scores best here (:func:`validate`), and the starting gate
-strength is chosen here (:func:`gate_sweep`). "Validation" in this module means ACC on held-out
+strength and pull are chosen here (:func:`gate_sweep`). "Validation" in this module means ACC on held-out
 problems; the ONNX parity check is :mod:`lto_export.validate`.
 """
 
@@ -92,13 +92,14 @@ def validate(graph: StepGraph, groups: Sequence[Sequence[ProblemSpec]]) -> dict[
     return {"acc": float(np.mean([average_accuracy(R) for R in mats])), "bwt": float(np.mean([backward_transfer(R) for R in mats]))}
 
 
-def gate_sweep(strengths: Sequence[float], network: NetworkConfig, groups: Sequence[Sequence[ProblemSpec]]) -> dict[float, dict[str, float]]:
-    """Validation ACC and BWT of importance-gated Adam (:meth:`TokenNetwork.init_importance_gate`)
-    at each strength: how meta-training's starting strength (``gate_init``) is chosen, with no
-    held-out data."""
+def gate_sweep(settings: Sequence[tuple[float, float]], network: NetworkConfig,
+               groups: Sequence[Sequence[ProblemSpec]]) -> dict[tuple[float, float], dict[str, float]]:
+    """Validation ACC and BWT of importance-gated Adam with EWC's pull
+    (:meth:`TokenNetwork.init_importance_gate`) at each ``(strength, pull)``: how meta-training's
+    start (``gate_init``, ``pull_init``) is chosen, with no held-out data."""
     scores = {}
-    for strength in strengths:
+    for strength, pull in settings:
         graph = StepGraph(network)
-        graph.network.init_importance_gate(strength)
-        scores[float(strength)] = validate(graph.eval(), groups)
+        graph.network.init_importance_gate(strength, pull)
+        scores[(float(strength), float(pull))] = validate(graph.eval(), groups)
     return scores

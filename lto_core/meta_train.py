@@ -32,6 +32,7 @@ Two estimators of the meta-gradient (``MetaTrainConfig.estimator``):
   2017; unbiased for whole streams, unlike truncations, see Vicol, Metz & Sohl-Dickstein, 2021):
   ``g = mean_k (F(phi + sigma e_k) - F(phi - sigma e_k)) / (2 sigma) e_k`` over ``es_directions``
   Gaussian directions, both signs on the same problems and batches; one outer step per iteration.
+  ``es_scope = "head"`` perturbs the output layer only (:data:`ES_SCOPES`).
 
 Validation runs whole held-out problems without gradients (:mod:`lto_core.evaluation`) and keeps
 the checkpoint with the best mean ACC.
@@ -64,6 +65,11 @@ from lto_core.step import StepGraph
 
 #: Meta-gradient estimators by config name (``MetaTrainConfig.estimator``).
 ESTIMATORS = ("tbptt", "es")
+#: What ES perturbs (``MetaTrainConfig.es_scope``): every weight of the network, or only its output
+#: layer, which reads the residual stream (a linear image of the token features and window context
+#: plus the encoder's additions) and so can make the coefficients any linear function of those
+#: inputs: 51 numbers instead of about 2,000, which a few directions per iteration can search.
+ES_SCOPES = ("all", "head")
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class MetaTrainConfig:
     #: Antithetic pairs of ES directions per iteration, and the perturbation's standard deviation.
     es_directions: int = 4
     es_sigma: float = 0.01
+    es_scope: str = "all"
     query_every: int = 5
     query_batch: int = 64
     #: Query loss of the meta-objective, a key of :data:`QUERY_LOSSES`.
@@ -98,6 +105,8 @@ class MetaTrainConfig:
     #: Initial gate strength (see :meth:`TokenNetwork.init_importance_gate`); 0 starts from Adam,
     #: 2 from the hand-set gate the packaged default was meta-trained from.
     gate_init: float = 2.0
+    #: Initial pull toward the anchor (``rho``, see :meth:`TokenNetwork.init_importance_gate`); 0: none.
+    pull_init: float = 0.0
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def __post_init__(self) -> None:
@@ -105,6 +114,8 @@ class MetaTrainConfig:
             raise ValueError(f"query_loss {self.query_loss!r} is not one of {sorted(QUERY_LOSSES)}; set it in the config file")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator {self.estimator!r} is not one of {list(ESTIMATORS)}; set it in the config file")
+        if self.es_scope not in ES_SCOPES:
+            raise ValueError(f"es_scope {self.es_scope!r} is not one of {list(ES_SCOPES)}; set it in the config file")
         for name in ("population", "validation_population", "es_directions"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}; set it in the config file")
@@ -130,6 +141,15 @@ class MetaTrainConfig:
     def validation_groups(self, seed: int) -> list[list[ProblemSpec]]:
         """The run's held-out validation problems (see :func:`lto_core.evaluation.validation_groups`)."""
         return validation_groups(self.validation_family, self.validation_problems, self.validation_population, seed)
+
+
+def start_graph(config: MetaTrainConfig) -> StepGraph:
+    """The network a run of ``config`` starts from (seed torch's generator first to fix the
+    encoder's random weights): ``gate_init`` and ``pull_init`` set its output bias."""
+    graph = StepGraph(config.network)
+    if config.gate_init or config.pull_init:
+        graph.network.init_importance_gate(config.gate_init, config.pull_init)
+    return graph
 
 
 def unroll(graph: StepGraph, population: Population, config: MetaTrainConfig,
@@ -198,8 +218,9 @@ def es_step(graph: StepGraph, outer: torch.optim.Optimizer, population: Populati
             rng: np.random.Generator) -> float:
     """Meta-train on one population by antithetic ES on the whole-stream meta-loss (module docstring):
     ``2 * es_directions`` whole runs without gradients, then one clipped outer step.
+    Only the weights of ``config.es_scope`` are perturbed and stepped (:data:`ES_SCOPES`).
     Returns the mean meta-loss of the perturbed runs."""
-    weights = list(graph.network.parameters())
+    weights = list((graph.network.out if config.es_scope == "head" else graph.network).parameters())
     phi = nn.utils.parameters_to_vector(weights).detach()
     estimate = torch.zeros_like(phi)
     values = []
@@ -306,15 +327,13 @@ def meta_train(
     ``best`` identically). ``minutes`` (wall time of this call, validations included) stops the run early,
     resumable with ``resume``.
     Validation of the zero-head network (exactly Adam) is the recorded ``baseline``, that of the
-    starting network (see ``gate_init``) ``initial``; ``best`` is only written when meta-training
+    starting network (see ``gate_init``, ``pull_init``) ``initial``; ``best`` is only written when meta-training
     beats the start.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    graph = StepGraph(config.network)
-    if config.gate_init:
-        graph.network.init_importance_gate(config.gate_init)
+    graph = start_graph(config)
     outer = torch.optim.Adam(graph.network.parameters(), lr=config.outer_lr)
     groups = config.validation_groups(seed)
     started = time.perf_counter()

@@ -104,16 +104,19 @@ class TokenNetwork(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     @torch.no_grad()
-    def init_importance_gate(self, strength: float) -> None:
-        """Start from importance-gated Adam instead of plain Adam.
+    def init_importance_gate(self, strength: float, pull: float = 0.0) -> None:
+        """Start from importance-gated Adam, optionally with EWC's pull, instead of plain Adam.
 
-        Sets the gate slope to ``beta = strength`` for every token (the output bias), so each
-        element steps ``2 d / (1 + (1 + Omega)^strength)`` (see :func:`lto_core.step.protected_update`);
-        ``strength = 1`` is ``d / (1 + Omega/2)``. Where nothing was consolidated (``Omega = 0``,
-        e.g. plain single-task training) this is still exactly Adam. Meta-training starts here.
+        Sets the gate slope to ``beta = strength`` and the pull to ``rho = pull`` for every token
+        (the output bias), so each element steps
+        ``2 d / (1 + (1 + Omega)^strength) + pull P (theta - theta*) / rms_window(theta)``
+        (see :func:`lto_core.step.protected_update`); ``strength = 1`` is ``d / (1 + Omega/2)``.
+        Where nothing was consolidated (``Omega = 0``, e.g. plain single-task training) this is
+        still exactly Adam. Meta-training starts here.
         """
         self.zero_head()
         self.out.bias[1] = strength
+        self.out.bias[2] = pull
 
     def forward(self, tokens: torch.Tensor, count: torch.Tensor, window_ctx: torch.Tensor) -> torch.Tensor:
         """``tokens`` [B,W,F], ``count`` [B,W] (real elements per token), ``window_ctx`` [B,K+4] -> [B,W,3]."""

@@ -18,7 +18,7 @@ import json
 import torch
 
 from lto_core.evaluation import train_population
-from lto_core.meta_train import MetaTrainConfig
+from lto_core.meta_train import MetaTrainConfig, start_graph
 from lto_core.step import StepGraph
 
 
@@ -38,9 +38,7 @@ def main() -> None:
     with open(args.config) as f:
         config = MetaTrainConfig.from_dict(json.load(f))
     torch.manual_seed(args.seed)
-    graph = StepGraph(config.network)
-    if config.gate_init:
-        graph.network.init_importance_gate(config.gate_init)
+    graph = start_graph(config)
     for group in config.validation_groups(args.seed):
         spec = group[0]
         if spec.boundaries != "auto":

@@ -20,15 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lto_core.meta_train import MetaTrainConfig, tbptt_step
+from lto_core.meta_train import MetaTrainConfig, start_graph, tbptt_step
 from lto_core.population import Population
-from lto_core.step import StepGraph
 
 
 def measure(config: MetaTrainConfig, groups: list, size: int) -> dict:
     """CPU seconds of one ``tbptt_step`` per shape on ``size`` problems; rates over all shapes."""
-    graph = StepGraph(config.network)
-    graph.network.init_importance_gate(config.gate_init)
+    graph = start_graph(config)
     outer = torch.optim.Adam(graph.network.parameters(), lr=config.outer_lr)
     cpu, problems, steps = 0.0, 0, 0
     for specs in groups:

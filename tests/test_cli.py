@@ -76,6 +76,16 @@ def test_export_gate_init_as_default_removes_its_scratch_checkpoint(tmp_path, mo
     assert len(installed) == 1 and not installed[0].parent.exists()
 
 
+def test_export_pull_init_writes_a_hand_set_file_and_needs_gate_init(tmp_path):
+    from lto_runtime.optimizer_file import read_optimizer_file
+
+    result = CliRunner().invoke(main, ["export", "--gate-init", "0", "--pull-init", "1", "--out", str(tmp_path / "pull.onnx")])
+    assert result.exit_code == 0, result.output
+    assert read_optimizer_file(tmp_path / "pull.onnx")[1].meta_train["pull_init"] == 1.0
+    alone = CliRunner().invoke(main, ["export", "--pull-init", "1", "--out", str(tmp_path / "x.onnx")])
+    assert alone.exit_code == 2 and "--pull-init sets a fresh network" in alone.output and not (tmp_path / "x.onnx").exists()
+
+
 def test_demo_prints_acc_and_bwt_for_both():
     before = torch.get_num_threads()
     try:

@@ -174,19 +174,32 @@ def _gate_sweep_cli(tmp_path, *args: str):
 def test_gate_sweep_zero_is_adam_and_the_cli_names_the_best(tmp_path):
     config, result = _gate_sweep_cli(tmp_path, "--strengths", "0,4")
     assert result.exit_code == 0, result.output
-    scores = gate_sweep([0.0, 4.0], config.network, config.validation_groups(0))
+    scores = gate_sweep([(0.0, 0.0), (4.0, 0.0)], config.network, config.validation_groups(0))
     adam = validate(StepGraph(config.network), config.validation_groups(0))  # zero head: exactly Adam
-    assert scores[0.0] == adam and scores[4.0] != adam
+    assert scores[(0.0, 0.0)] == adam and scores[(4.0, 0.0)] != adam
     best = max(scores, key=lambda k: scores[k]["acc"])
-    assert f"best: gate_init {best:g} (ACC {scores[best]['acc']:.4f})" in result.output
+    assert f"best: gate_init {best[0]:g} (ACC {scores[best]['acc']:.4f})" in result.output
     _, bad = _gate_sweep_cli(tmp_path, "--strengths", "0,x")
     assert bad.exit_code == 2 and "comma-separated list of numbers" in bad.output
+    _, bad = _gate_sweep_cli(tmp_path, "--strengths", "0:1:2")
+    assert bad.exit_code == 2 and "STRENGTH or STRENGTH:PULL" in bad.output
+
+
+def test_gate_sweep_with_a_pull_validates_the_gate_plus_ewc_pull(tmp_path):
+    """``S:P`` rows are the hand-set network with gate ``S`` and pull ``P``; the pull changes the
+    trajectory (it acts after the first boundary) and the row is labelled as given."""
+    config, result = _gate_sweep_cli(tmp_path, "--strengths", "0,0:1", "--seeds", "0")
+    assert result.exit_code == 0, result.output
+    scores = gate_sweep([(0.0, 0.0), (0.0, 1.0)], config.network, config.validation_groups(0))
+    assert scores[(0.0, 1.0)] != scores[(0.0, 0.0)]
+    row = next(line for line in result.output.splitlines() if line.strip().startswith("0:1 "))
+    assert row.split()[1] == f"{scores[(0.0, 1.0)]['acc']:.4f}"
 
 
 def test_gate_sweep_over_seeds_shows_the_validation_noise(tmp_path):
     config, result = _gate_sweep_cli(tmp_path, "--strengths", "2", "--seeds", "0,1")
     assert result.exit_code == 0, result.output
-    accs = [gate_sweep([2.0], config.network, config.validation_groups(seed))[2.0]["acc"] for seed in (0, 1)]
+    accs = [gate_sweep([(2.0, 0.0)], config.network, config.validation_groups(seed))[(2.0, 0.0)]["acc"] for seed in (0, 1)]
     assert accs[0] != accs[1]  # other validation problems, other score: the noise the column shows
     row = next(line for line in result.output.splitlines() if line.strip().startswith("2 "))
     assert row.split()[1:3] == [f"{np.mean(accs):.4f}", f"{np.std(accs):.4f}"]
@@ -196,8 +209,8 @@ def test_gate_sweep_over_seeds_shows_the_validation_noise(tmp_path):
 def test_gate_sweep_pairs_each_strength_with_the_first_on_the_same_draws(tmp_path):
     config, result = _gate_sweep_cli(tmp_path, "--strengths", "0,4", "--seeds", "0,1")
     assert result.exit_code == 0, result.output
-    runs = [gate_sweep([0.0, 4.0], config.network, config.validation_groups(seed)) for seed in (0, 1)]
-    diffs = [run[4.0]["acc"] - run[0.0]["acc"] for run in runs]
+    runs = [gate_sweep([(0.0, 0.0), (4.0, 0.0)], config.network, config.validation_groups(seed)) for seed in (0, 1)]
+    diffs = [run[(4.0, 0.0)]["acc"] - run[(0.0, 0.0)]["acc"] for run in runs]
     row = next(line for line in result.output.splitlines() if line.strip().startswith("4 "))
     assert row.split()[4:6] == [f"{np.mean(diffs):+.4f}", f"{np.std(diffs):.4f}"]
 
@@ -245,6 +258,19 @@ def test_es_step_is_deterministic_and_moves_the_network(tmp_path):
     start = StepGraph(config.network)
     start.network.init_importance_gate(config.gate_init)
     assert any(not torch.equal(v, a[k]) for k, v in start.state_dict().items())
+
+
+def test_es_head_scope_moves_only_the_output_layer(tmp_path):
+    config = _config(iterations=1, estimator="es", es_directions=2, es_sigma=0.1, es_scope="head", outer_lr=1e-2)
+    meta_train(tmp_path / "a", config, seed=4)
+    a = _weights(tmp_path / "a" / "last.safetensors")
+    torch.manual_seed(4)
+    start = StepGraph(config.network)
+    start.network.init_importance_gate(config.gate_init)
+    moved = {k for k, v in start.state_dict().items() if not torch.equal(v, a[k])}
+    assert moved and all(".out." in f".{k}" for k in moved), moved
+    with pytest.raises(ValueError, match="es_scope 'tail' is not one of"):
+        _config(es_scope="tail")
 
 
 def test_meta_gradient_through_the_network_is_finite():
