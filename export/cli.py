@@ -235,8 +235,8 @@ def meta_train_cmd(out: str, config_file: str | None, minutes: float | None, see
 def gate_sweep_cmd(strengths: str, checkpoints: tuple[str, ...], config_file: str | None, seeds: str) -> None:
     """Validate importance-gated Adam at several strengths on lto meta-train's validation problems.
 
-    A guide for meta-training's start (`gate_init`) and for hand-set files (`lto export
-    --gate-init S`); with `--checkpoint`, also a meta-trained network against them, on draws of
+    A guide for meta-training's start (`gate_init`, `pull_init`) and for hand-set files (`lto
+    export --gate-init S --pull-init P`); with `--checkpoint`, also a meta-trained network against them, on draws of
     validation problems its run never saw (other `--seeds` than the run's). Check a choice on
     unseen streams with `lto bench cl`.
     """
