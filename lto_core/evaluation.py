@@ -92,6 +92,15 @@ def validate(graph: StepGraph, groups: Sequence[Sequence[ProblemSpec]]) -> dict[
     return {"acc": float(np.mean([average_accuracy(R) for R in mats])), "bwt": float(np.mean([backward_transfer(R) for R in mats]))}
 
 
+def hand_set_graph(network: NetworkConfig, strength: float, pull: float = 0.0) -> StepGraph:
+    """A step whose network emits gate slope ``strength`` and pull ``pull`` for every token
+    (:meth:`TokenNetwork.init_importance_gate`; ``0, 0`` is the zero head, exactly Adam); its
+    encoder's weights come from torch's generator."""
+    graph = StepGraph(network)
+    graph.network.init_importance_gate(strength, pull)
+    return graph
+
+
 def gate_sweep(settings: Sequence[tuple[float, float]], network: NetworkConfig,
                groups: Sequence[Sequence[ProblemSpec]]) -> dict[tuple[float, float], dict[str, float]]:
     """Validation ACC and BWT of importance-gated Adam with EWC's pull
@@ -99,7 +108,5 @@ def gate_sweep(settings: Sequence[tuple[float, float]], network: NetworkConfig,
     start (``gate_init``, ``pull_init``) is chosen, with no held-out data."""
     scores = {}
     for strength, pull in settings:
-        graph = StepGraph(network)
-        graph.network.init_importance_gate(strength, pull)
-        scores[(float(strength), float(pull))] = validate(graph.eval(), groups)
+        scores[(float(strength), float(pull))] = validate(hand_set_graph(network, strength, pull).eval(), groups)
     return scores

@@ -57,7 +57,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from lto_core.checkpoint import load_checkpoint, save_checkpoint, write_atomically
-from lto_core.evaluation import start_population, validate, validation_groups
+from lto_core.evaluation import hand_set_graph, start_population, validate, validation_groups
 from lto_core.families import Family, ProblemSpec
 from lto_core.network import NetworkConfig
 from lto_core.population import QUERY_LOSSES, Population
@@ -146,10 +146,7 @@ class MetaTrainConfig:
 def start_graph(config: MetaTrainConfig) -> StepGraph:
     """The network a run of ``config`` starts from (seed torch's generator first to fix the
     encoder's random weights): ``gate_init`` and ``pull_init`` set its output bias."""
-    graph = StepGraph(config.network)
-    if config.gate_init or config.pull_init:
-        graph.network.init_importance_gate(config.gate_init, config.pull_init)
-    return graph
+    return hand_set_graph(config.network, config.gate_init, config.pull_init)
 
 
 def unroll(graph: StepGraph, population: Population, config: MetaTrainConfig,

@@ -28,22 +28,14 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from lto_core.evaluation import run_population
+from lto_core.evaluation import hand_set_graph, run_population
 from lto_core.meta_train import MetaTrainConfig
 from lto_core.metrics import average_accuracy, backward_transfer
-from lto_core.step import StepGraph
 
 #: Default ``(beta, rho)`` pairs: gate slope and pull strength of the hand-set network; the first is Adam.
 SETTINGS = "0:0,1:0,2:0,4:0,8:0,0:1,2:1,8:1"
 #: Seed offset of the drawn populations, away from meta-training's and validation's keys.
 HEADROOM_KEY = 2_000_003
-
-
-def hand_set_graph(network, beta: float, rho: float) -> StepGraph:
-    """A step whose network emits ``alpha = 0``, ``beta``, ``rho`` for every token."""
-    graph = StepGraph(network)
-    graph.network.init_importance_gate(beta, pull=rho)
-    return graph.eval()
 
 
 def run(args: argparse.Namespace) -> None:
@@ -57,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
         specs = family.sample_population(np.random.default_rng([args.seed, HEADROOM_KEY, i]), args.size)
         accs, bwts = [], []
         for beta, rho in settings:
-            mats = run_population(hand_set_graph(config.network, beta, rho), specs)
+            mats = run_population(hand_set_graph(config.network, beta, rho).eval(), specs)
             accs.append([average_accuracy(R) for R in mats])
             bwts.append([backward_transfer(R) for R in mats])
         s = specs[0]
