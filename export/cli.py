@@ -151,16 +151,26 @@ def _load_or_exit(path, loader):
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint the file was exported from (default: the packaged one).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint the file was exported from (default: the packaged one, for files made from it).")
 @click.option("--steps", default=60, show_default=True, help="Length of the training trajectory to compare along.")
 def validate(file: str, checkpoint: str | None, steps: int) -> None:
     """Run FILE and the PyTorch step on the same inputs; fail if they differ by more than 1e-5.
 
     Updates and moments are compared absolutely; values above 1 (importance) relative to their size.
     """
-    from lto_core.checkpoint import DEFAULT_CHECKPOINT
+    from lto_core.checkpoint import DEFAULT_CHECKPOINT, checkpoint_sha256
     from lto_export.validate import TOLERANCE, validate_file
+    from lto_runtime.optimizer_file import read_optimizer_file
 
+    if checkpoint is None:
+        # Compared with a checkpoint it was not made from, any file but the packaged one would FAIL
+        # by differences that say nothing about the file: ask for its own checkpoint instead.
+        made_from = _load_or_exit(file, read_optimizer_file)[1].checkpoint_sha256
+        if made_from != checkpoint_sha256(DEFAULT_CHECKPOINT):
+            raise click.UsageError(
+                f"{file} was exported from a checkpoint with sha256 {made_from[:16]}..., not the packaged default; "
+                "pass --checkpoint with the checkpoint `lto export --checkpoint` was given"
+            )
     report = _load_or_exit(file, lambda f: validate_file(f, checkpoint or DEFAULT_CHECKPOINT, steps))
     click.echo("difference = max |onnx - torch| / max(1, |torch|) over updates and state")
     click.echo(f"random windows:        {report.random_difference:.3e}")

@@ -322,7 +322,7 @@ def meta_train(
     validation improves. Each file is replaced atomically and ``progress.json`` is written after
     the set it names, so a run killed at any point resumes exactly (a replayed iteration rewrites
     ``best`` identically). ``minutes`` (wall time of this call, validations included) stops the run early,
-    resumable with ``resume``.
+    before an iteration that could end past it (:func:`out_of_time`), resumable with ``resume``.
     Validation of the zero-head network (exactly Adam) is the recorded ``baseline``, that of the
     starting network (see ``gate_init``, ``pull_init``) ``initial``; ``best`` is only written when meta-training
     beats the start.
@@ -350,8 +350,10 @@ def meta_train(
         progress.initial = validate(graph, groups)
         progress.best_acc = progress.initial["acc"]
     elapsed_before = progress.seconds
+    longest = 0.0
     while progress.iteration < config.iterations:
-        if minutes is not None and (time.perf_counter() - started) / 60.0 >= minutes:
+        begun = time.perf_counter()
+        if minutes is not None and out_of_time(begun - started, longest, minutes):
             break
         it = progress.iteration
         draw = np.random.default_rng([seed, it])
@@ -375,7 +377,16 @@ def meta_train(
         _save_run(out, graph, outer, progress)
         if on_iteration is not None:
             on_iteration(progress, meta_loss)
+        longest = max(longest, time.perf_counter() - begun)
     return progress
+
+
+def out_of_time(elapsed: float, longest: float, minutes: float) -> bool:
+    """Whether a run ``elapsed`` seconds into a budget of ``minutes`` must stop before its next
+    iteration: ``elapsed + longest > 60 minutes``, where ``longest`` is the longest iteration so
+    far (its validation included). Drawn problems differ in size, so an iteration as long as the
+    longest seen is the one to fit; one longer still can overrun."""
+    return elapsed + longest > 60.0 * minutes
 
 
 def _provenance(progress: Progress, config: MetaTrainConfig, scores: dict, command: str) -> dict:

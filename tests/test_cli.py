@@ -44,6 +44,14 @@ def test_validate_fails_against_the_wrong_checkpoint(random_head_files, zero_hea
     assert "FAIL" in result.output
 
 
+def test_validate_without_checkpoint_asks_for_the_one_the_file_was_made_from(random_head_files):
+    result = CliRunner().invoke(main, ["validate", str(random_head_files[1]), "--steps", "10"])
+    assert result.exit_code == 2
+    assert "--checkpoint" in result.output and "not the packaged default" in result.output
+    result = CliRunner().invoke(main, ["validate", str(random_head_files[1]), "--checkpoint", str(random_head_files[0]), "--steps", "10"])
+    assert result.exit_code == 0, result.output
+
+
 def test_inspect_reports_metadata_io_and_providers():
     result = CliRunner().invoke(main, ["inspect"])
     assert result.exit_code == 0, result.output

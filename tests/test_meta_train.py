@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from lto_core.checkpoint import load_checkpoint, save_checkpoint
 from lto_core.evaluation import gate_sweep, validate
 from lto_core.families import Family, shape_key
-from lto_core.meta_train import MetaTrainConfig, meta_train
+from lto_core.meta_train import MetaTrainConfig, meta_train, out_of_time
 from lto_core.population import soft_error
 from lto_core.step import StepGraph
 from lto_export.cli import main
@@ -75,6 +76,19 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, estimator
     assert resumed.iteration == 4
     whole, cut = _weights(tmp_path / "whole" / "last.safetensors"), _weights(tmp_path / "cut" / "last.safetensors")
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_minutes_stops_before_an_iteration_that_would_not_fit(tmp_path):
+    assert not out_of_time(elapsed=50.0, longest=9.0, minutes=1.0)
+    assert out_of_time(elapsed=50.0, longest=11.0, minutes=1.0)
+
+    def slow(progress, _loss):  # iterations of over 2 s: a second one cannot fit in 3 s
+        time.sleep(2.0)
+
+    progress = meta_train(tmp_path / "run", _config(), seed=0, minutes=3.0 / 60.0, on_iteration=slow)
+    assert progress.iteration == 1
+    resumed = meta_train(tmp_path / "run", _config(), seed=0, resume=True)
+    assert resumed.iteration == 4
 
 
 def test_resume_refuses_another_seed_or_config(tmp_path):
