@@ -194,7 +194,7 @@ def _meta_train_config(config_file: str | None):
 @main.command("meta-train")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoints, progress.json).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="JSON overriding MetaTrainConfig fields.")
-@click.option("--minutes", type=float, default=None, help="Stop after this many minutes (resume later with --resume).")
+@click.option("--minutes", type=float, default=None, help="Stop before an iteration that would end past this many minutes (resume later with --resume).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--threads", default=1, show_default=True, help="torch threads (small inner models run best on one).")
