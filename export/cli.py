@@ -292,17 +292,13 @@ def gate_sweep_cmd(strengths: str, checkpoints: tuple[str, ...], config_file: st
 
 
 def _settings(text: str) -> list[tuple[float, float]]:
-    """``--strengths`` as ``(strength, pull)`` pairs: ``S`` is ``(S, 0)``, ``S:P`` is ``(S, P)``."""
-    pairs = []
-    for item in (v.strip() for v in text.split(",")):
-        if not item:
-            continue
-        parts = item.split(":")
-        if len(parts) > 2:
-            raise click.BadParameter(f"{item!r} is not STRENGTH or STRENGTH:PULL, such as 2 or 0:1", param_hint="--strengths")
-        strength, *pull = _numbers(",".join(parts), float, "--strengths", "0,2,0:1")
-        pairs.append((strength, pull[0] if pull else 0.0))
-    return pairs
+    """``--strengths`` as ``(strength, pull)`` pairs (:func:`lto_core.evaluation.parse_settings`), or a usage error."""
+    from lto_core.evaluation import parse_settings
+
+    try:
+        return parse_settings(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--strengths") from None
 
 
 def _setting_label(strength: float, pull: float) -> str:

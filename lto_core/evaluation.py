@@ -92,6 +92,28 @@ def validate(graph: StepGraph, groups: Sequence[Sequence[ProblemSpec]]) -> dict[
     return {"acc": float(np.mean([average_accuracy(R) for R in mats])), "bwt": float(np.mean([backward_transfer(R) for R in mats]))}
 
 
+def parse_settings(text: str) -> list[tuple[float, float]]:
+    """Hand-set settings written ``"S,S:P,..."`` as ``(strength, pull)`` pairs (:func:`hand_set_graph`):
+    ``S`` is ``(S, 0)``, a gate alone; ``S:P`` adds a pull. Empty items are skipped.
+
+    Raises:
+        ValueError: an item that is not ``S`` or ``S:P`` with numbers, naming the item.
+    """
+    pairs = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        parts = item.split(":")
+        try:
+            if len(parts) > 2:
+                raise ValueError
+            strength, *pull = (float(v) for v in parts)
+        except ValueError:
+            raise ValueError(f"{item!r} is not STRENGTH or STRENGTH:PULL with numbers, such as 2 or 0:1") from None
+        pairs.append((strength, pull[0] if pull else 0.0))
+    return pairs
+
+
 def hand_set_graph(network: NetworkConfig, strength: float, pull: float = 0.0) -> StepGraph:
     """A step whose network emits gate slope ``strength`` and pull ``pull`` for every token
     (:meth:`TokenNetwork.init_importance_gate`; ``0, 0`` is the zero head, exactly Adam); its

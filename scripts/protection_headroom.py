@@ -28,7 +28,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from lto_core.evaluation import hand_set_graph, run_population
+from lto_core.evaluation import hand_set_graph, parse_settings, run_population
 from lto_core.meta_train import MetaTrainConfig
 from lto_core.metrics import average_accuracy, backward_transfer
 
@@ -62,9 +62,13 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _settings(text: str) -> list[tuple[float, float]]:
-    """``"beta:rho,..."`` -> pairs; the first must be Adam (``0:0``), which every row is compared with."""
-    pairs = [tuple(float(v) for v in item.split(":")) for item in text.split(",")]
-    if pairs[0] != (0.0, 0.0):
+    """``"beta:rho,..."`` -> pairs (:func:`~lto_core.evaluation.parse_settings`); the first must be
+    Adam (``0:0``), which every row is compared with."""
+    try:
+        pairs = parse_settings(text)
+    except ValueError as err:
+        raise SystemExit(f"--settings: {err}") from None
+    if not pairs or pairs[0] != (0.0, 0.0):
         raise SystemExit(f"--settings must start with Adam, 0:0 (got {text!r}): the rows are compared with it")
     return pairs
 

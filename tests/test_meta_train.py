@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from lto_core.checkpoint import load_checkpoint, save_checkpoint
-from lto_core.evaluation import gate_sweep, validate
+from lto_core.evaluation import gate_sweep, parse_settings, validate
 from lto_core.families import Family, shape_key
 from lto_core.meta_train import MetaTrainConfig, meta_train, out_of_time
 from lto_core.population import soft_error
@@ -194,7 +194,7 @@ def test_gate_sweep_zero_is_adam_and_the_cli_names_the_best(tmp_path):
     best = max(scores, key=lambda k: scores[k]["acc"])
     assert f"best: gate_init {best[0]:g} (ACC {scores[best]['acc']:.4f})" in result.output
     _, bad = _gate_sweep_cli(tmp_path, "--strengths", "0,x")
-    assert bad.exit_code == 2 and "comma-separated list of numbers" in bad.output
+    assert bad.exit_code == 2 and "STRENGTH or STRENGTH:PULL" in bad.output and "'x'" in bad.output
     _, bad = _gate_sweep_cli(tmp_path, "--strengths", "0:1:2")
     assert bad.exit_code == 2 and "STRENGTH or STRENGTH:PULL" in bad.output
 
@@ -208,6 +208,13 @@ def test_gate_sweep_with_a_pull_validates_the_gate_plus_ewc_pull(tmp_path):
     assert scores[(0.0, 1.0)] != scores[(0.0, 0.0)]
     row = next(line for line in result.output.splitlines() if line.strip().startswith("0:1 "))
     assert row.split()[1] == f"{scores[(0.0, 1.0)]['acc']:.4f}"
+
+
+def test_settings_parse_gates_and_pulls_and_name_a_bad_item():
+    assert parse_settings("0, 2,0:1,,8:0.5") == [(0.0, 0.0), (2.0, 0.0), (0.0, 1.0), (8.0, 0.5)]
+    for bad in ("0,x", "1:2:3", "2:y"):
+        with pytest.raises(ValueError, match="STRENGTH or STRENGTH:PULL"):
+            parse_settings(bad)
 
 
 def test_gate_sweep_over_seeds_shows_the_validation_noise(tmp_path):
