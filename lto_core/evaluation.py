@@ -103,14 +103,13 @@ def parse_settings(text: str) -> list[tuple[float, float]]:
     for item in (v.strip() for v in text.split(",")):
         if not item:
             continue
-        parts = item.split(":")
         try:
-            if len(parts) > 2:
-                raise ValueError
-            strength, *pull = (float(v) for v in parts)
+            numbers = [float(v) for v in item.split(":")]
         except ValueError:
-            raise ValueError(f"{item!r} is not STRENGTH or STRENGTH:PULL with numbers, such as 2 or 0:1") from None
-        pairs.append((strength, pull[0] if pull else 0.0))
+            numbers = []
+        if not 1 <= len(numbers) <= 2:
+            raise ValueError(f"{item!r} is not STRENGTH or STRENGTH:PULL with numbers, such as 2 or 0:1")
+        pairs.append((numbers[0], numbers[1] if len(numbers) == 2 else 0.0))
     return pairs
 
 

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import argparse
 import io
-import time
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from lto_core.bench.speed import make_parameters, speed_shapes
+from lto_core.bench.speed import call_seconds, make_parameters, speed_shapes
+from lto_core.network import NetworkConfig
 from lto_core.step import adam_element_step
 from lto_runtime.engine import MAX_BATCH_WINDOWS
 from lto_runtime.format import SCALAR_NAMES
 
-WINDOW, CHUNK = 16, 64
+#: Tokens per window and elements per token: the packaged network's layout.
+WINDOW, CHUNK = NetworkConfig().window, NetworkConfig().chunk
 
 
 class PlainAdam(torch.nn.Module):
@@ -67,12 +68,18 @@ def median_seconds(run, repeats: int) -> float:
     """Median wall time of ``run()`` over ``repeats`` calls, after three untimed ones."""
     for _ in range(3):
         run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median(call_seconds(run, repeats)))
+
+
+def run_windows(session: ort.InferenceSession, grad, exp_avg, exp_avg_sq, scalars, update) -> None:
+    """One call of the graph on these NumPy window buffers (C-contiguous float32): the new moments
+    written over ``exp_avg`` and ``exp_avg_sq``, the update into ``update``."""
+    binding = session.io_binding()
+    for name, array in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("scalars", scalars)):
+        binding.bind_cpu_input(name, array)
+    for name, array in (("update", update), ("new_exp_avg", exp_avg), ("new_exp_avg_sq", exp_avg_sq)):
+        binding.bind_output(name, "cpu", 0, np.float32, array.shape, array.ctypes.data)
+    session.run_with_iobinding(binding)
 
 
 def onnx_adam(session: ort.InferenceSession, size: int):
@@ -86,13 +93,7 @@ def onnx_adam(session: ort.InferenceSession, size: int):
     def run() -> None:
         for first in range(0, windows, MAX_BATCH_WINDOWS):
             part = slice(first, first + MAX_BATCH_WINDOWS)
-            binding = session.io_binding()
-            for name, array in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("scalars", scalars)):
-                binding.bind_cpu_input(name, array[part])
-            for name, array in (("update", update), ("new_exp_avg", exp_avg), ("new_exp_avg_sq", exp_avg_sq)):
-                view = array[part]
-                binding.bind_output(name, "cpu", 0, np.float32, view.shape, view.ctypes.data)
-            session.run_with_iobinding(binding)
+            run_windows(session, grad[part], exp_avg[part], exp_avg_sq[part], scalars[part], update[part])
 
     return run
 

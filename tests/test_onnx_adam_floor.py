@@ -35,12 +35,7 @@ def test_the_timed_graph_is_adam_and_steps_in_place():
     for step, grad in enumerate(grads, start=1):
         scalars = floor.scalar_rows(windows)
         scalars[:, floor.SCALAR_NAMES.index("step")] = step
-        binding = session.io_binding()
-        for name, array in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("scalars", scalars.numpy())):
-            binding.bind_cpu_input(name, array)
-        for name, array in (("update", update), ("new_exp_avg", exp_avg), ("new_exp_avg_sq", exp_avg_sq)):
-            binding.bind_output(name, "cpu", 0, np.float32, array.shape, array.ctypes.data)
-        session.run_with_iobinding(binding)
+        floor.run_windows(session, grad, exp_avg, exp_avg_sq, scalars.numpy(), update)
         before = param.detach().clone()
         param.grad = torch.from_numpy(grad.reshape(-1)).clone()
         reference.step()

@@ -135,10 +135,15 @@ def time_steps(optimizer: torch.optim.Optimizer, repeats: int, after_boundary: b
         for _ in range(WARM_STEPS_AFTER_BOUNDARY):
             optimizer.step()
         optimizer.task_boundary()
+    return call_seconds(optimizer.step, repeats)
+
+
+def call_seconds(call: Callable[[], Any], repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls to ``call()`` (``time.perf_counter``)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        optimizer.step()
+        call()
         times.append(time.perf_counter() - start)
     return times
 
@@ -172,12 +177,7 @@ def time_iterations(make: OptimizerFactory, repeats: int, seed: int = 0) -> list
         optimizer.step()
 
     iteration()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        iteration()
-        times.append(time.perf_counter() - start)
-    return times
+    return call_seconds(iteration, repeats)
 
 
 def iteration_table(rows: list[dict[str, Any]]) -> str:
