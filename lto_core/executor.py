@@ -4,8 +4,9 @@ This is the ``backend="torch"`` execution strategy: the same :class:`~lto_runtim
 (layout, state, chunking) as the ONNX backend, with the step computed by :class:`StepGraph` on
 whatever the buffers are: torch tensors on the parameters' device (the adapter's fast path) or
 NumPy arrays, shared without copies. Besides ``run``, it steps in place
-(:class:`~lto_runtime.engine.InPlaceStepFunction`): one compiled loop per call that writes the
-new moments over the state and adds the update to the parameters, which the engine uses for
+(:class:`~lto_runtime.engine.InPlaceStepFunction`): one compiled loop per call (on the CPU a
+kernel compiled ahead of time, :class:`AheadOfTimeStep`) that writes the new moments over the
+state and adds the update to the parameters, which the engine uses for
 every ordinary step; and it computes the consolidated importance and refreshed coefficients of
 the listed windows alone (``run_listed``), which the engine uses for the calls that only do that.
 """
@@ -13,14 +14,19 @@ the listed windows alone (``run_listed``), which the engine uses for the calls t
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import os
+import platform
 import shutil
+import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from lto_core.step import StepGraph, adam_element_step, protected_element_step
+from lto_core.step import StepGraph, adam_element_step, exporting_for_inductor, protected_element_step
 from lto_runtime.format import INPUT_NAMES, OUTPUT_NAMES, TOKEN_STATE_NAMES
 
 #: Logger ``"lto_core"``; says once, at INFO, when backend="torch" must run eagerly.
@@ -99,12 +105,13 @@ def _any_window_count(function: Callable) -> Callable:
 
 # The element steps of TorchStepFunction.step_in_place: the results written where the engine keeps
 # them, the new moments over the old, the update added to the parameter itself ("onto") or written
-# into a buffer ("into"). Through torch.compile each is one loop that reads every input and writes
-# every result once, with no temporaries and no copies after it. Compiled, they add weight decay
-# whatever its value (``decay=True``: the loop reads theta anyway, and zero decay adds zero), so
-# the graph's branch on it is not needed; eager, they branch (``decay=None``) to skip its two
-# passes. The pull's branch is decided in Python (``pulls``). Four functions, not one with flags:
-# torch.compile keeps the compiled versions of one function in one cache of bounded size.
+# into a buffer ("into"). Compiled, each is one loop that reads every input and writes every result
+# once, with no temporaries and no copies after it, and adds weight decay whatever its value
+# (``decay=True``: the loop reads theta anyway, and zero decay adds zero), so the graph's branch on
+# it is not needed; eager, they branch (``decay=None``) to skip its two passes. The pull's branch is
+# decided in Python (``pulls``). Tensors come first and positionally, so that a kernel compiled ahead
+# of time takes the same arguments; four functions, not one with flags: torch.compile keeps the
+# compiled versions of one function in one cache of bounded size.
 
 
 def _store_moments(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, new_exp_avg: torch.Tensor, new_exp_avg_sq: torch.Tensor) -> None:
@@ -113,19 +120,19 @@ def _store_moments(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, new_exp_avg:
     exp_avg_sq.copy_(new_exp_avg_sq)
 
 
-def _adam_onto(grad, param, exp_avg, exp_avg_sq, scalars, decay) -> None:
+def _adam_onto(grad, param, exp_avg, exp_avg_sq, scalars, *, decay, pulls=None) -> None:
     update, new_exp_avg, new_exp_avg_sq = adam_element_step(grad, param, exp_avg, exp_avg_sq, None, None, None, scalars, decay=decay)
     _store_moments(exp_avg, exp_avg_sq, new_exp_avg, new_exp_avg_sq)
     param.add_(update)
 
 
-def _adam_into(grad, param, exp_avg, exp_avg_sq, scalars, decay, out) -> None:
+def _adam_into(grad, param, exp_avg, exp_avg_sq, scalars, out, *, decay, pulls=None) -> None:
     update, new_exp_avg, new_exp_avg_sq = adam_element_step(grad, param, exp_avg, exp_avg_sq, None, None, None, scalars, decay=decay)
     _store_moments(exp_avg, exp_avg_sq, new_exp_avg, new_exp_avg_sq)
     out.copy_(update)
 
 
-def _protected_onto(grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, decay, pulls) -> None:
+def _protected_onto(grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, *, decay, pulls) -> None:
     update, new_exp_avg, new_exp_avg_sq = protected_element_step(
         grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, decay=decay, pulls=pulls
     )
@@ -133,27 +140,127 @@ def _protected_onto(grad, param, exp_avg, exp_avg_sq, log_importance, anchor, co
     param.add_(update)
 
 
-def _protected_into(grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, decay, pulls, out) -> None:
+def _protected_into(grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, out, *, decay, pulls) -> None:
     update, new_exp_avg, new_exp_avg_sq = protected_element_step(
         grad, param, exp_avg, exp_avg_sq, log_importance, anchor, coefficients, scalars, decay=decay, pulls=pulls
     )
     _store_moments(exp_avg, exp_avg_sq, new_exp_avg, new_exp_avg_sq)
     out.copy_(update)
+
+
+#: The in-place element steps by ``(protected, onto_param)``.
+_IN_PLACE_STEPS = {(False, True): _adam_onto, (False, False): _adam_into, (True, True): _protected_onto, (True, False): _protected_into}
 
 
 @functools.cache
-def in_place_element_step(protected: bool, onto_param: bool, compiled: bool) -> Callable[..., None]:
-    """The element step of :meth:`TorchStepFunction.step_in_place` for one case, built on first use.
+def in_place_element_step(protected: bool, pulls: bool, onto_param: bool, compiled: bool) -> Callable[..., None]:
+    """The element step of :meth:`TorchStepFunction.step_in_place` for one case, built on first use;
+    it takes the call's tensors positionally.
 
-    :func:`~lto_core.step.protected_element_step` where some coefficient is non-zero, else
-    :func:`~lto_core.step.adam_element_step`; the update added to the parameter (``onto_param``)
-    or written into a buffer. ``compiled``: through ``torch.compile``, one version for every
-    window count (:func:`_windows_dynamic`; :meth:`TorchStepFunction.step_in_place` gives it one
-    window as two).
+    :func:`~lto_core.step.protected_element_step` where some coefficient is non-zero (``pulls``:
+    and some pull), else :func:`~lto_core.step.adam_element_step`; the update added to the
+    parameter (``onto_param``) or written into a buffer. ``compiled``: on the CPU a kernel compiled
+    ahead of time (:class:`AheadOfTimeStep`), else through ``torch.compile``, one version for
+    every window count (:func:`_windows_dynamic`); both are given one window as two
+    (:meth:`TorchStepFunction.step_in_place`).
     """
-    step = {(False, True): _adam_onto, (False, False): _adam_into, (True, True): _protected_onto, (True, False): _protected_into}
-    chosen = step[protected, onto_param]
-    return _windows_dynamic(chosen) if compiled else chosen
+    chosen = _IN_PLACE_STEPS[protected, onto_param]
+    if not compiled:
+        return functools.partial(chosen, decay=None, pulls=pulls)
+    step = functools.partial(chosen, decay=True, pulls=pulls)
+    return AheadOfTimeStep(step, fallback=_windows_dynamic(step))
+
+
+class AheadOfTimeStep:
+    """An in-place element step compiled ahead of time for the CPU (AOTInductor), called through its
+    C++ loader: some 5 us a call where ``torch.compile``'s guards and wrappers cost some 45 us,
+    which is a tenth of the step of a 1e6-parameter model on two threads.
+
+    One kernel per number of threads (inductor fixes the thread count of its loops when it
+    compiles) and per trailing shape of the tensors (elements per token, coefficients per token,
+    scalars per window), each valid for any number of windows (at least 2) and of tokens per
+    window. Built on first use: ``torch.export`` (about 2 s), then a C++ compile (about 10-15 s)
+    whose result is kept in a file under inductor's cache folder (:func:`_kernel_file`), so a later
+    process loads it instead. Calls it cannot take (tensors not contiguous or not on the CPU,
+    fewer than 2 windows or tokens) and every call after a build that failed go to ``fallback``,
+    the same function through ``torch.compile``; a failed build is logged once at INFO on the
+    ``lto_core`` logger.
+    """
+
+    def __init__(self, step: Callable[..., None], fallback: Callable[..., None]) -> None:
+        self.step, self.fallback = step, fallback
+        self.kernels: dict[tuple, Callable[[list[torch.Tensor]], Any] | None] = {}
+
+    def __call__(self, *tensors: torch.Tensor) -> None:
+        if len(tensors[0]) < 2 or tensors[0].shape[1] < 2 or not all(t.device.type == "cpu" and t.is_contiguous() for t in tensors):
+            self.fallback(*tensors)
+            return
+        key = (torch.get_num_threads(), *(t.shape[2:] if t.dim() == 3 else t.shape[1:] for t in tensors))
+        if key not in self.kernels:
+            self.kernels[key] = self._build(tensors)
+        kernel = self.kernels[key]
+        if kernel is None:
+            self.fallback(*tensors)
+        else:
+            kernel(list(tensors))
+
+    def _build(self, tensors: tuple[torch.Tensor, ...]) -> Callable[[list[torch.Tensor]], Any] | None:
+        """The kernel for tensors shaped like ``tensors``, from the cache folder or compiled now;
+        ``None`` (and one INFO line) where export or compilation fails."""
+        try:
+            program = _export_windows_dynamic(self.step, tensors)
+            path = _kernel_file(program)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # Written under another name, then renamed: a process that loads it meanwhile (or
+                # builds it at the same time) sees a whole file or none.
+                partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
+                with warnings.catch_warnings():
+                    # torch's own packaging uses an API that torch deprecates; nothing a user can act on.
+                    warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+                    torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
+                os.replace(partial, path)
+            return torch._inductor.aoti_load_package(str(path)).loader.run
+        except Exception as err:  # noqa: BLE001 - any failure leaves the torch.compile path, same numbers
+            logger.info("lto: compiling backend='torch''s step ahead of time failed (%s: %s); it runs through torch.compile", type(err).__name__, err)
+            return None
+
+
+#: The example the in-place step is exported with: windows and tokens per window. Neither is 2 or
+#: less (torch would make it a constant), and its size is a large call's: inductor reads the
+#: example's sizes to decide whether a loop is worth splitting over threads, and a tiny one would
+#: give a kernel that runs on one thread whatever the count.
+_EXAMPLE_WINDOWS, _EXAMPLE_TOKENS = 64, 16
+
+
+def _export_windows_dynamic(step: Callable[..., None], tensors: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    """``step`` exported for tensors shaped like ``tensors``: ``[B, W, ...]`` windows and ``[B, M]``
+    scalars, with ``B >= 2`` and ``W >= 2`` free, the trailing sizes fixed."""
+
+    class Step(torch.nn.Module):
+        def forward(self, *args: torch.Tensor) -> None:
+            step(*args)
+
+    windows, tokens = torch.export.Dim("windows", min=2), torch.export.Dim("tokens", min=2)
+    b, w = _EXAMPLE_WINDOWS, _EXAMPLE_TOKENS
+    examples = tuple(torch.zeros((b, w, *t.shape[2:]) if t.dim() == 3 else (b, *t.shape[1:])) for t in tensors)
+    dynamic = tuple({0: windows, 1: tokens} if t.dim() == 3 else {0: windows} for t in tensors)
+    with exporting_for_inductor():
+        return torch.export.export(Step(), examples, dynamic_shapes=(dynamic,))  # forward(*args): one tuple
+
+
+def _kernel_file(program: torch.export.ExportedProgram) -> Path:
+    """Where the kernel compiled from ``program`` is kept: a file in inductor's cache folder
+    (``TORCHINDUCTOR_CACHE_DIR``, by default under the temporary folder), named by a hash of what
+    the compiled code depends on: the exported graph, its shape ranges and example sizes, torch's
+    version, the CPU's vector instructions and the number of threads."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    sizes = [tuple(t.shape) for t in program.example_inputs[0]]
+    parts = (program.graph_module.code, str(program.range_constraints), str(sizes), torch.__version__, platform.machine(),
+             torch.backends.cpu.get_cpu_capability(), str(torch.get_num_threads()))
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+    return Path(cache_dir()) / "lto" / f"element-step-{digest}.pt2"
 
 
 def _consolidate_at(graph: StepGraph, at: torch.Tensor, param, mask, exp_avg_sq, log_importance, scalars) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,9 +290,11 @@ class TorchStepFunction:
 
     Args:
         graph: the step graph.
-        compile: run the step through ``torch.compile`` (:func:`in_place_element_step` and
-            :func:`compiled_element_steps` for the element step, the fast path;
-            :func:`compiled_listed_steps` for consolidation and the network's refresh);
+        compile: run the step as compiled C++ loops (:func:`in_place_element_step`, the fast
+            path of every ordinary step: on the CPU compiled ahead of time, once per machine,
+            elsewhere through ``torch.compile``; :func:`compiled_element_steps` for the element
+            step of :meth:`run`; :func:`compiled_listed_steps` for consolidation and the
+            network's refresh);
             ``None`` compiles where a C++ compiler exists and otherwise runs eagerly, saying so
             once at INFO on the ``lto_core`` logger. Both compute the same function.
     """
@@ -216,7 +325,7 @@ class TorchStepFunction:
         with torch.no_grad():
             coefficients = _as_tensor(inputs["coefficients"])
             protected, pulls = _branches(coefficients)
-            step = in_place_element_step(protected, update is None, self.compiled)
+            step = in_place_element_step(protected, pulls, update is None, self.compiled)
             names = ("grad", "param", "exp_avg", "exp_avg_sq", *(("log_importance", "anchor", "coefficients") if protected else ()))
             windows = [_as_tensor(inputs[name]) for name in names]
             out = [] if update is None else [_as_tensor(update)]
@@ -225,11 +334,11 @@ class TorchStepFunction:
                 # One window as two of half the tokens (views of the same memory; the same numbers,
                 # since the element step is per element with per-window scalars): torch compiles a
                 # call of one window apart from all others (the count 1 becomes a constant), and
-                # a model with a one-window tensor would compile the step a second time.
+                # a model with a one-window tensor would compile the step a second time; the kernel
+                # compiled ahead of time takes two windows or more.
                 windows, out = ([x.view(2, self.window // 2, *x.shape[2:]) for x in xs] for xs in (windows, out))
                 scalars = scalars.repeat(2, 1)
-            decay = True if self.compiled else None
-            step(*windows, scalars, decay, *((pulls,) if protected else ()), *out)
+            step(*windows, scalars, *out)
 
     def run_listed(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
         """What :meth:`run` writes into ``consolidated_log_importance``, ``consolidated_anchor`` and

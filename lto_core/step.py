@@ -29,7 +29,8 @@ whatever the network's weights.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -139,15 +140,34 @@ def scaled_adam_direction(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, q: to
     return exp_avg / (exp_avg_sq.sqrt() * q + e)
 
 
+#: Whether the step is being exported for AOTInductor (:func:`exporting_for_inductor`).
+_exporting_for_inductor = False
+
+
+@contextlib.contextmanager
+def exporting_for_inductor() -> Iterator[None]:
+    """Within this block, ``torch.export`` traces the step for AOTInductor, which fuses loops as
+    ``torch.compile`` does, rather than for ONNX (see :func:`_per_window`). A module flag, not a
+    context variable: torch's tracer reads a module's globals (a flag of torch's own that says
+    "exporting to ONNX" reads False inside ``torch.cond``'s branches)."""
+    global _exporting_for_inductor
+    before, _exporting_for_inductor = _exporting_for_inductor, True
+    try:
+        yield
+    finally:
+        _exporting_for_inductor = before
+
+
 def _per_window(*factors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``factors`` (``[B, 1, 1]`` each, one number per window) unchanged.
 
-    Under ``torch.compile`` (not export) they are stacked into one buffer first, which the compiled
-    loop over the elements then reads. Left inline, the loop recomputes them (powers, a root, a
-    division) for every vector of elements: its stores might alias the scalars it reads them from,
-    so the C++ compiler cannot hoist them. The same numbers either way.
+    Under ``torch.compile`` and the export for AOTInductor (not the ONNX export: onnxruntime does
+    not fuse, so a stack would only add operators) they are stacked into one buffer first, which
+    the compiled loop over the elements then reads. Left inline, the loop recomputes them (powers,
+    a root, a division) for every vector of elements: its stores might alias the scalars it reads
+    them from, so the C++ compiler cannot hoist them. The same numbers either way.
     """
-    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+    if torch.compiler.is_compiling() and (_exporting_for_inductor or not torch.compiler.is_exporting()):
         return torch.stack(factors).unbind(0)
     return factors
 

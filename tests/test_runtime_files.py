@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import onnx
 import pytest
 
@@ -44,6 +46,29 @@ def test_default_file_records_how_it_was_made():
     assert spec.meta_train["gate_init"] == 2.0
     assert spec.provenance.startswith("NOT meta-trained (importance-gated Adam, gate_init=2")
     assert spec.checkpoint_sha256 == checkpoint_sha256(DEFAULT_CHECKPOINT)
+
+
+def _operator_counts(model: onnx.ModelProto) -> Counter:
+    """How many nodes of each operator the graph holds, its branches' subgraphs included."""
+    counts: Counter = Counter()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    walk(attribute.g)
+
+    walk(model.graph)
+    return counts
+
+
+def test_default_file_has_the_graph_this_code_exports(default_model, random_head_files):
+    """The packaged file's operators are those a fresh export by this code gives (the fixture's
+    network differs only in weights): a change to the step that adds operators to the ONNX graph
+    (a loop-fusion hint meant for compiled torch, say) shows here."""
+    fresh = onnx.load(str(random_head_files[1]))
+    assert _operator_counts(fresh) == _operator_counts(default_model)
 
 
 def test_missing_file():
