@@ -173,18 +173,19 @@ def in_place_element_step(protected: bool, pulls: bool, onto_param: bool, compil
 
 class AheadOfTimeStep:
     """An in-place element step compiled ahead of time for the CPU (AOTInductor), called through its
-    C++ loader: some 5 us a call where ``torch.compile``'s guards and wrappers cost some 45 us,
-    which is a tenth of the step of a 1e6-parameter model on two threads.
+    C++ loader: a few microseconds a call, several times less than ``torch.compile``'s guards and
+    Python wrappers cost, which on a model of a million parameters stepped on two threads was a
+    sixth of the step (README, Speed).
 
     One kernel per number of threads (inductor fixes the thread count of its loops when it
     compiles) and per trailing shape of the tensors (elements per token, coefficients per token,
     scalars per window), each valid for any number of windows (at least 2) and of tokens per
-    window. Built on first use: ``torch.export`` (about 2 s), then a C++ compile (about 10-15 s)
-    whose result is kept in a file under inductor's cache folder (:func:`_kernel_file`), so a later
-    process loads it instead. Calls it cannot take (tensors not contiguous or not on the CPU,
-    fewer than 2 windows or tokens) and every call after a build that failed go to ``fallback``,
-    the same function through ``torch.compile``; a failed build is logged once at INFO on the
-    ``lto_core`` logger.
+    window. Built on first use: ``torch.export`` (seconds), then, the first time on a machine, a
+    C++ compile (tens of seconds; said at INFO on the ``lto_core`` logger) whose result is kept in
+    a file under inductor's cache folder (:func:`_kernel_file`), which later processes load. Calls
+    it cannot take (tensors not contiguous or not on the CPU, fewer than 2 windows or tokens) and
+    every call after a build that failed go to ``fallback``, the same function through
+    ``torch.compile``; a failed build is logged once at INFO on the ``lto_core`` logger.
     """
 
     def __init__(self, step: Callable[..., None], fallback: Callable[..., None]) -> None:
@@ -211,6 +212,8 @@ class AheadOfTimeStep:
             program = _export_windows_dynamic(self.step, tensors)
             path = _kernel_file(program)
             if not path.exists():
+                # Tens of seconds inside a first step: said, so that it does not look like a hang.
+                logger.info("lto: compiling backend='torch''s step for %d thread(s) (once on this machine; kept in %s)", torch.get_num_threads(), path.parent)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # Written under another name, then renamed: a process that loads it meanwhile (or
                 # builds it at the same time) sees a whole file or none.
