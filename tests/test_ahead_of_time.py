@@ -43,8 +43,10 @@ def _eager_result(protected: bool, pulls: bool, onto_param: bool, tensors: list[
 @pytest.mark.parametrize("onto_param", [True, False])
 @pytest.mark.parametrize("protected,pulls", CASES)
 def test_kernel_is_the_path_taken_and_steps_as_eager_for_any_window_count(one_torch_thread, protected, pulls, onto_param):
-    step = in_place_element_step(protected, pulls, onto_param, True)
-    assert isinstance(step, AheadOfTimeStep)
+    assert isinstance(in_place_element_step(protected, pulls, onto_param, True), AheadOfTimeStep)
+    # A fresh instance (the cached one holds kernels of other tests' thread counts), whose
+    # fallback refuses: every call below runs the kernel.
+    step = AheadOfTimeStep(in_place_element_step(protected, pulls, onto_param, True).step, fallback=_refuse)
     for windows in (3, 2, 6):
         tensors = _tensors(windows, protected, onto_param, seed=windows)
         expected = _eager_result(protected, pulls, onto_param, tensors)
