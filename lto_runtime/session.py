@@ -64,6 +64,22 @@ def _buffer_pointer(name: str, array: Any, device_type: str, device_id: int) -> 
     return pointer
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """onnxruntime's options for a step: ``threads`` intra-op threads (0: onnxruntime's default),
+    one inter-op thread, warnings silenced, and a pool that spins only while a run lasts."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Only onnxruntime's parallel execution mode uses an inter-op pool; 1 keeps it from taking a thread per core.
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # The pool's threads spin between the step's operators (waking a sleeping thread for each
+    # of them costs more than the operator's share of the work) and stop when a run returns:
+    # a pool that kept spinning would steal the cores the training framework needs between steps.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
 class OptimizerSession:
     """A validated optimizer file with its onnxruntime session.
 
@@ -91,17 +107,7 @@ class OptimizerSession:
             raise ValueError(f"Invalid threads: {threads!r}; pass a whole number of onnxruntime intra-op threads >= 1, or 0 for onnxruntime's default")
         model, self.spec = read_optimizer_file(default_model_path() if path is None else path)
         requested = resolve_providers(providers)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        # Only onnxruntime's parallel execution mode uses an inter-op pool; 1 keeps it from taking a thread per core.
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # The pool's threads spin between the step's operators (waking a sleeping thread for each
-        # of them costs more than the operator's share of the work) and stop when a run returns:
-        # a pool that kept spinning would steal the cores the training framework needs between steps.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        self.session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=requested)
+        self.session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads), providers=requested)
         self.providers: list[str] = self.session.get_providers()
         missing = [p for p in map(provider_name, requested) if p not in self.providers]
         if missing and providers != "auto":

@@ -26,6 +26,7 @@ from lto_core.network import NetworkConfig
 from lto_core.step import adam_element_step
 from lto_runtime.engine import MAX_BATCH_WINDOWS
 from lto_runtime.format import SCALAR_NAMES
+from lto_runtime.session import session_options
 
 #: Tokens per window and elements per token: the packaged network's layout.
 WINDOW, CHUNK = NetworkConfig().window, NetworkConfig().chunk
@@ -39,7 +40,7 @@ class PlainAdam(torch.nn.Module):
 
 
 def onnx_session(threads: int) -> ort.InferenceSession:
-    """The exported graph in an onnxruntime session with the runtime's threading options."""
+    """The exported graph in an onnxruntime session with the runtime's options (:func:`~lto_runtime.session.session_options`)."""
     example = (torch.randn(2, WINDOW, CHUNK), torch.zeros(2, WINDOW, CHUNK), torch.zeros(2, WINDOW, CHUNK), scalar_rows(2))
     windows = torch.export.Dim("windows", min=1)
     buffer = io.BytesIO()
@@ -49,11 +50,7 @@ def onnx_session(threads: int) -> ort.InferenceSession:
         dynamic_shapes=({0: windows}, {0: windows}, {0: windows}, {0: windows}),
     )
     program.save(buffer)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(buffer.getvalue(), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(buffer.getvalue(), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def scalar_rows(windows: int) -> torch.Tensor:
