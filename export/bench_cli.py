@@ -278,7 +278,8 @@ def bench() -> None:
 
 
 @bench.command()
-@click.option("--stream", type=click.Choice(["split", "permuted", "rotated", "remapped"]), default="split", show_default=True)
+@click.option("--stream", type=click.Choice(["split", "permuted", "rotated", "remapped", "partial", "affine"]), default="split", show_default=True,
+              help="How tasks differ: classes (split), input permutation (permuted), rotation (rotated), labels (remapped), a permuted share of the inputs (partial), per-feature gain and offset (affine).")
 @click.option("--scenario", type=click.Choice(["task", "domain", "class"]), default="task", show_default=True, help="task-, domain- or class-incremental.")
 @click.option("--tasks", type=click.IntRange(min=1), default=5, show_default=True, help="Tasks in the stream.")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Training steps per task. [default: 300; --quick: 60]")

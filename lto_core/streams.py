@@ -4,6 +4,12 @@
 * ``permuted``: each task applies its own fixed permutation to the input features.
 * ``rotated``: each task rotates images by its own angle (vectors: a circular shift).
 * ``remapped``: each task relabels the classes with its own permutation.
+* ``partial``: each task permutes its own random subset of the input features among themselves;
+  the subset's share, drawn once per stream from :data:`PARTIAL_SHARE`, sets how much the tasks
+  conflict (between ``permuted``, all of them, and none).
+* ``affine``: each task rescales and shifts every input feature by its own gain (log-uniform in
+  :data:`AFFINE_GAIN`) and offset (normal, std :data:`AFFINE_OFFSET`): the features stay where
+  they are, so later tasks can reuse what earlier ones learned.
 
 Scenarios (van de Ven & Tolias, 2019) fix what the model is told and predicts:
 ``task``-incremental (the task's classes are known: logits outside them are masked),
@@ -23,9 +29,15 @@ import numpy as np
 from lto_core.data import Dataset
 
 #: Stream kinds :func:`make_stream` builds.
-STREAMS = ("split", "permuted", "rotated", "remapped")
+STREAMS = ("split", "permuted", "rotated", "remapped", "partial", "affine")
 #: Scenarios: what the model is told (task identity or not) and which outputs it predicts.
 SCENARIOS = ("task", "domain", "class")
+#: Range of the share of features a ``partial`` stream's tasks permute, drawn once per stream.
+PARTIAL_SHARE = (0.1, 0.5)
+#: Range of an ``affine`` task's per-feature gain, drawn log-uniformly.
+AFFINE_GAIN = (0.5, 2.0)
+#: Standard deviation of an ``affine`` task's per-feature offset (features are standardized).
+AFFINE_OFFSET = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,26 @@ def _rotate(x: np.ndarray, degrees: float) -> np.ndarray:
     return out
 
 
+def _permute_features(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """``x`` with its flattened features reordered by ``perm``, in its own shape."""
+    return x.reshape(len(x), -1)[:, perm].reshape(x.shape)
+
+
+def _partial_permutation(rng: np.random.Generator, features: int, share: float) -> np.ndarray:
+    """A permutation of ``features`` that moves only a random ``share`` of them (at least two)
+    among themselves and leaves the rest in place."""
+    moved = rng.choice(features, size=max(2, round(share * features)), replace=False)
+    perm = np.arange(features)
+    perm[moved] = moved[rng.permutation(len(moved))]
+    return perm
+
+
+def _affine_features(x: np.ndarray, gain: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``x * gain + offset`` per flattened feature, in ``x``'s shape and dtype."""
+    flat = x.reshape(len(x), -1) * gain + offset
+    return flat.reshape(x.shape).astype(x.dtype)
+
+
 def make_stream(data: Dataset, stream: str, scenario: str, tasks: int, seed: int = 0) -> Stream:
     """Build a stream of ``tasks`` tasks from ``data``.
 
@@ -91,13 +123,22 @@ def make_stream(data: Dataset, stream: str, scenario: str, tasks: int, seed: int
         width = max(len(g) for g in groups)
         outputs = k if scenario in ("task", "class") else width
         return Stream(f"split-{data.name}", scenario, tuple(built), outputs, data.input_shape)
+    features = int(np.prod(data.input_shape))
+    # Drawn only for its own kind, so every other kind draws the tasks it drew before it existed.
+    share = float(rng.uniform(*PARTIAL_SHARE)) if stream == "partial" else 0.0
     built = []
     for t in range(tasks):
         x_train, x_test, y_train, y_test = data.x_train, data.x_test, data.y_train, data.y_test
         if stream == "permuted" and t > 0:
-            perm = rng.permutation(int(np.prod(data.input_shape)))
-            x_train = x_train.reshape(len(x_train), -1)[:, perm].reshape(x_train.shape)
-            x_test = x_test.reshape(len(x_test), -1)[:, perm].reshape(x_test.shape)
+            perm = rng.permutation(features)
+            x_train, x_test = _permute_features(x_train, perm), _permute_features(x_test, perm)
+        elif stream == "partial" and t > 0:
+            perm = _partial_permutation(rng, features, share)
+            x_train, x_test = _permute_features(x_train, perm), _permute_features(x_test, perm)
+        elif stream == "affine" and t > 0:
+            gain = np.exp(rng.uniform(np.log(AFFINE_GAIN[0]), np.log(AFFINE_GAIN[1]), size=features))
+            offset = rng.normal(0.0, AFFINE_OFFSET, size=features)
+            x_train, x_test = _affine_features(x_train, gain, offset), _affine_features(x_test, gain, offset)
         elif stream == "rotated" and t > 0:
             angle = float(rng.uniform(0.0, 180.0)) if tasks > 2 else 90.0
             x_train, x_test = _rotate(x_train, angle), _rotate(x_test, angle)
