@@ -25,13 +25,20 @@ among like them. The file holds ``settings`` (the hand-set pairs), ``baselines``
 absent in files written without them) and one record per population whose ``acc`` and ``bwt``
 are ``[row][problem]``, the hand-set rows first.
 
-``score --against 0:1`` (a setting ``beta:rho`` or a baseline's name) compares the rows with that
-row instead of Adam, in the overall and the per-kind differences.
+``--checkpoint PATH`` (repeatable) also trains every problem with a saved network (a meta-training
+run's ``best.safetensors``), through the same path as the hand-set rows: whether a meta-trained
+network chooses protection per kind on the family it trained on, against the rules it could
+have chosen among. Its rows come after the hand-set ones, named by their path (file key
+``checkpoints``, absent in files written without them), before the baselines.
+
+``score --against 0:1`` (a setting ``beta:rho``, a checkpoint's path or a baseline's name) compares
+the rows with that row instead of Adam, in the overall and the per-kind differences.
 
     python scripts/protection_headroom.py run --config configs/meta-train-population.json --populations 48 --out H.json
     python scripts/protection_headroom.py run --config configs/meta-train-population.json --settings 0:0,2:0,0:1 \
         --baselines adam,online-ewc,online-ewc:1,online-ewc:10000,ewc --out B.json
     python scripts/protection_headroom.py score H.json
+    python scripts/protection_headroom.py run --config C.json --settings 0:0,0:1 --checkpoint runs/R/best.safetensors --out N.json
     python scripts/protection_headroom.py score B.json --against 0:1
 """
 
@@ -46,6 +53,7 @@ import numpy as np
 import torch
 
 from lto_core.baselines import EWC, OnlineEWC
+from lto_core.checkpoint import load_checkpoint
 from lto_core.continual import run_stream
 from lto_core.evaluation import hand_set_graph, parse_settings, run_population
 from lto_core.families import ProblemSpec, build_problem
@@ -68,6 +76,7 @@ def run(args: argparse.Namespace) -> None:
     family = config.validation_family if args.validation_family else config.family
     settings = _settings(args.settings)
     baselines = _baselines(args.baselines)
+    networks = [_network(path) for path in args.checkpoint]
     if baselines and family.hidden_boundaries:
         raise SystemExit("--baselines needs told task boundaries (EWC consolidates at them), but this family hides them "
                          f"with probability {family.hidden_boundaries}")
@@ -76,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
     for i in range(args.populations):
         specs = family.sample_population(np.random.default_rng([args.seed, HEADROOM_KEY, i]), args.size)
         rows = [run_population(hand_set_graph(config.network, beta, rho).eval(), specs) for beta, rho in settings]
+        rows += [run_population(network, specs) for network in networks]
         rows += [[run_baseline(name, spec) for spec in specs] for name in baselines]
         accs = [[average_accuracy(R) for R in mats] for mats in rows]
         bwts = [[backward_transfer(R) for R in mats] for mats in rows]
@@ -85,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"{i:3d} {s.data:9s} {s.stream:8s} {s.scenario:6s} {s.arch:11s} T={s.tasks} n={s.steps_per_task:4d} "
               f"ACC by row {' '.join(f'{np.mean(a):.3f}' for a in accs)}  ({time.time() - start:.0f} s)", flush=True)
         with open(args.out, "w") as f:
-            json.dump({"settings": settings, "baselines": baselines, "records": records}, f)
+            json.dump({"settings": settings, "checkpoints": args.checkpoint, "baselines": baselines, "records": records}, f)
 
 
 def _settings(text: str) -> list[tuple[float, float]]:
@@ -98,6 +108,15 @@ def _settings(text: str) -> list[tuple[float, float]]:
     if not pairs or pairs[0] != (0.0, 0.0):
         raise SystemExit(f"--settings must start with Adam, 0:0 (got {text!r}): the rows are compared with it")
     return pairs
+
+
+def _network(path: str):
+    """The saved network at ``path``, ready to run; a missing or unreadable checkpoint stops the run
+    before any problem trains."""
+    try:
+        return load_checkpoint(path)[0].eval()
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"--checkpoint {path}: {err}") from None
 
 
 def _baselines(text: str) -> list[str]:
@@ -148,7 +167,7 @@ def run_baseline(name: str, spec: ProblemSpec) -> np.ndarray:
 
 def score(args: argparse.Namespace) -> None:
     doc = json.loads(open(args.file).read())
-    labels = [f"beta {b:g} rho {r:g}" for b, r in doc["settings"]] + doc.get("baselines", [])
+    labels = [f"beta {b:g} rho {r:g}" for b, r in doc["settings"]] + _row_names(doc)[len(doc["settings"]):]
     ref = _row(doc, args.against)
     versus = "Adam" if args.against == "0:0" else args.against
     recs = doc["records"]
@@ -205,9 +224,14 @@ def score(args: argparse.Namespace) -> None:
         print(f"  {label:16s}" + "".join(f"  {f'{d.mean():+.3f} +- {_se(d):.3f}':>{width}s}" for d in cells))
 
 
+def _row_names(doc: dict) -> list[str]:
+    """A run's rows in the order of its records: hand-set ``beta:rho``, checkpoints' paths, baselines' names."""
+    return [f"{b:g}:{r:g}" for b, r in doc["settings"]] + doc.get("checkpoints", []) + doc.get("baselines", [])
+
+
 def _row(doc: dict, name: str) -> int:
-    """The row of ``name`` in a run's file: a hand-set setting ``beta:rho`` or a baseline's name."""
-    keys = [f"{b:g}:{r:g}" for b, r in doc["settings"]] + doc.get("baselines", [])
+    """The row of ``name`` in a run's file (:func:`_row_names`)."""
+    keys = _row_names(doc)
     if name not in keys:
         raise SystemExit(f"--against: {name!r} is no row of this file; its rows are {', '.join(keys)}")
     return keys.index(name)
@@ -228,12 +252,13 @@ def main() -> None:
     r.add_argument("--size", type=int, default=4, help="problems per population (even: halves are cross-fitted)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--settings", default=SETTINGS, help="comma-separated beta:rho pairs, Adam (0:0) first")
+    r.add_argument("--checkpoint", action="append", default=[], help="a saved network also run (repeatable)")
     r.add_argument("--baselines", default="", help="comma-separated hand-designed methods also run, adam, ewc[:LAMBDA] or "
                    f"online-ewc[:LAMBDA] (lambda {EWC_LAMBDA:g}, lto bench cl's default, when none is given)")
     r.add_argument("--out", required=True)
     s = sub.add_parser("score", help="summarize a run's file")
     s.add_argument("file")
-    s.add_argument("--against", default="0:0", help="the row the others are compared with: beta:rho or a baseline's name")
+    s.add_argument("--against", default="0:0", help="the row the others are compared with: beta:rho, a checkpoint's path or a baseline's name")
     args = parser.parse_args()
     run(args) if args.verb == "run" else score(args)
 

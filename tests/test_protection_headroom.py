@@ -63,3 +63,32 @@ def test_default_lambda_is_lto_bench_cls():
     from lto_export.bench_cli import cl
 
     assert headroom.EWC_LAMBDA == next(p.default for p in cl.params if p.name == "ewc_lambda")
+
+
+def test_a_checkpoint_row_trains_the_problems_as_the_hand_set_rows_do(tmp_path, monkeypatch, capsys):
+    """A saved network of the hand-set gate reproduces that gate's row exactly: the same problems,
+    the same path; a missing checkpoint stops the run before anything trains or is written."""
+    from lto_core.checkpoint import save_checkpoint
+    from lto_core.evaluation import hand_set_graph
+    from lto_core.meta_train import MetaTrainConfig
+
+    config, out = tmp_path / "config.json", tmp_path / "h.json"
+    config.write_text(json.dumps(TINY))
+    saved = save_checkpoint(hand_set_graph(MetaTrainConfig().network, 8.0), tmp_path / "gate8", {"meta_trained": False})
+    _headroom(monkeypatch, "run", "--config", str(config), "--populations", "1", "--size", "2", "--settings", "0:0,8:0",
+              "--checkpoint", str(saved), "--baselines", "adam", "--out", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["checkpoints"] == [str(saved)] and doc["baselines"] == ["adam"]
+    acc = doc["records"][0]["acc"]
+    assert len(acc) == 4 and acc[2] == acc[1] and acc[2] != acc[0]
+
+    _headroom(monkeypatch, "score", str(out), "--against", str(saved))
+    text = capsys.readouterr().out
+    rows = text.split("ACC and BWT per row", 1)[1].splitlines()[1:5]  # the run's own lines come before
+    assert [row.split(":")[0].strip() for row in rows] == ["beta 0 rho 0", "beta 8 rho 0", str(saved), "adam"]
+    assert f"vs {saved} +0.0000 +- 0.0000" in rows[1] and f"vs {saved} +0.0000 +- 0.0000" in rows[2]
+
+    with pytest.raises(SystemExit, match=r"--checkpoint .*missing.*not found"):
+        _headroom(monkeypatch, "run", "--config", str(config), "--populations", "1", "--size", "2",
+                  "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "never.json"))
+    assert not (tmp_path / "never.json").exists()
