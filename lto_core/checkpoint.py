@@ -63,8 +63,12 @@ def _sync_directory(directory: Path) -> None:
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
-    weights = Path(path).with_suffix(".safetensors")
-    return weights, weights.with_suffix(".json")
+    """``NAME.safetensors`` and ``NAME.json`` of a checkpoint named ``NAME``, ``NAME.safetensors`` or
+    ``NAME.json``. Any other dot belongs to the name (``alpha0.3`` is ``alpha0.3.safetensors``), so
+    two names that differ after a dot never share files."""
+    path = Path(path)
+    name = path.stem if path.suffix in (".safetensors", ".json") else path.name
+    return path.with_name(name + ".safetensors"), path.with_name(name + ".json")
 
 
 def save_checkpoint(graph: StepGraph, path: str | Path, meta_train: dict) -> Path:

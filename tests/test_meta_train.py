@@ -127,6 +127,19 @@ def test_validation_records_baselines_and_best_checkpoint_carries_provenance(tmp
     assert record["adam_validation_acc"] == round(progress.baseline["acc"], 4)
 
 
+def test_checkpoint_names_with_dots_keep_them(tmp_path):
+    """``gate0.3`` and ``gate0.6`` are two checkpoints, not one file ``gate0.safetensors`` written twice;
+    a checkpoint loads by its name, its ``.safetensors`` or its ``.json``."""
+    from lto_core.evaluation import hand_set_graph
+
+    for strength in (0.3, 0.6):
+        written = save_checkpoint(hand_set_graph(MetaTrainConfig().network, strength), tmp_path / f"gate{strength}", {"meta_trained": False})
+        assert written == tmp_path / f"gate{strength}.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gate0.3.json", "gate0.3.safetensors", "gate0.6.json", "gate0.6.safetensors"]
+    for name in ("gate0.6", "gate0.6.safetensors", "gate0.6.json"):
+        assert load_checkpoint(tmp_path / name)[0].network.out.bias[1].item() == pytest.approx(0.6)
+
+
 def test_no_best_checkpoint_unless_validation_beats_the_start(tmp_path):
     progress = meta_train(tmp_path, _config(outer_lr=0.0), seed=0)
     assert progress.best_iteration == -1
