@@ -17,6 +17,13 @@ the current task's term rewards learning, the earlier ones penalize forgetting
 ACC, and a truncation that sees the steep start of a task but not its plateau would otherwise buy
 early speed with forgetting (the short-horizon bias of Wu et al., 2018).
 
+That ramp still scores the whole learning curve of every task, so it pays for learning a task
+sooner even where the task would be learned by its end anyway. ``meta_loss = "end"``
+(:data:`META_LOSSES`) scores ACC's own point instead: the query losses of every task once, at the
+end of the stream, ``L = mean_j ell_j(theta_end)``; learning faster then pays only where a task is
+not learned by its end, and forgetting costs in full. It gives a meta-gradient only through the
+last truncation, so only ES (whole streams) uses it.
+
 A family may also hide a problem's task boundaries (``Family.hidden_boundaries``: its optimizer
 runs with ``boundaries="auto"``, detects shifts itself and is never told) and make its stream
 gradual (``Family.gradual``, ``Family.blend_steps``: each task blends into the next, see
@@ -70,6 +77,9 @@ ESTIMATORS = ("tbptt", "es")
 #: plus the encoder's additions) and so can make the coefficients any linear function of those
 #: inputs: 51 numbers instead of about 2,000, which a few directions per iteration can search.
 ES_SCOPES = ("all", "head")
+#: Where the meta-loss queries (``MetaTrainConfig.meta_loss``): along every task, ramped, or once at
+#: the end of the stream (module docstring).
+META_LOSSES = ("ramp", "end")
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,8 @@ class MetaTrainConfig:
     query_batch: int = 64
     #: Query loss of the meta-objective, a key of :data:`QUERY_LOSSES`.
     query_loss: str = "ce"
+    #: Where the meta-loss queries, a member of :data:`META_LOSSES`.
+    meta_loss: str = "ramp"
     outer_lr: float = 5e-4
     clip: float = 1.0
     #: Initial gate strength (see :meth:`TokenNetwork.init_importance_gate`); 0 starts from Adam,
@@ -114,6 +126,10 @@ class MetaTrainConfig:
             raise ValueError(f"query_loss {self.query_loss!r} is not one of {sorted(QUERY_LOSSES)}; set it in the config file")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator {self.estimator!r} is not one of {list(ESTIMATORS)}; set it in the config file")
+        if self.meta_loss not in META_LOSSES:
+            raise ValueError(f"meta_loss {self.meta_loss!r} is not one of {list(META_LOSSES)}; set it in the config file")
+        if self.meta_loss == "end" and self.estimator != "es":
+            raise ValueError('meta_loss "end" scores only the stream\'s end, which truncated backpropagation reaches through its last truncation only; use estimator "es" with it')
         if self.es_scope not in ES_SCOPES:
             raise ValueError(f"es_scope {self.es_scope!r} is not one of {list(ES_SCOPES)}; set it in the config file")
         for name in ("population", "validation_population", "es_directions"):
@@ -172,20 +188,29 @@ def unroll(graph: StepGraph, population: Population, config: MetaTrainConfig,
         for step in range(1, steps + 1):
             x, y, source = population.training_batch(i, step - 1, rngs, batch)
             params = opt.step(params, population.grads(params, source, x, y))
-            if step % config.query_every == 0 or step == steps:
+            if _queries(config.meta_loss, i == population.tasks - 1, step, steps, config.query_every):
                 terms.append(_query_loss(population, params, i, query_rngs, config))
                 weights.append(step / steps)
             if step % config.truncation == 0 or step == steps:
-                meta = (torch.stack(terms) * torch.tensor(weights)).sum() / sum(weights)
-                # Before the stream's first refresh the network has not acted (every step was Adam's),
-                # so the truncation carries no meta-gradient.
-                if on_truncation is not None and meta.requires_grad:
-                    on_truncation(meta)
-                losses.append(float(meta.detach()))
+                if terms:
+                    meta = (torch.stack(terms) * torch.tensor(weights)).sum() / sum(weights)
+                    # Before the stream's first refresh the network has not acted (every step was Adam's),
+                    # so the truncation carries no meta-gradient.
+                    if on_truncation is not None and meta.requires_grad:
+                        on_truncation(meta)
+                    losses.append(float(meta.detach()))
                 terms, weights = [], []
                 params = [p.detach() for p in params]
                 opt.detach_()
     return float(np.mean(losses))
+
+
+def _queries(meta_loss: str, last_task: bool, step: int, steps: int, every: int) -> bool:
+    """Whether the meta-loss queries after ``step`` (from 1) of a task of ``steps``: every
+    ``every`` steps and at each task's end (``"ramp"``), or only at the last task's end (``"end"``)."""
+    if meta_loss == "end":
+        return last_task and step == steps
+    return step % every == 0 or step == steps
 
 
 def _query_loss(population: Population, params, current: int, rngs, config: MetaTrainConfig) -> torch.Tensor:

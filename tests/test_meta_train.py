@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,10 +13,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from lto_core.checkpoint import load_checkpoint, save_checkpoint
-from lto_core.evaluation import gate_sweep, parse_settings, validate
+from lto_core.evaluation import gate_sweep, parse_settings, start_population, validate
 from lto_core.families import Family, shape_key
-from lto_core.meta_train import MetaTrainConfig, meta_train, out_of_time
-from lto_core.population import soft_error
+from lto_core.meta_train import MetaTrainConfig, meta_train, out_of_time, start_graph, unroll
+from lto_core.population import Population, soft_error
 from lto_core.step import StepGraph
 from lto_export.cli import main
 
@@ -168,6 +169,8 @@ def test_error_objective_trains_and_differs_from_cross_entropy(tmp_path):
         ({"iteratons": 3}, r"unknown meta-training config keys \['iteratons'\]"),
         ({"estimator": "pes"}, r"estimator 'pes' is not one of \['tbptt', 'es'\]"),
         ({"population": 0}, r"population must be at least 1, got 0"),
+        ({"meta_loss": "area"}, r"meta_loss 'area' is not one of \['ramp', 'end'\]"),
+        ({"meta_loss": "end"}, r'use estimator "es" with it'),
     ],
 )
 def test_bad_config_is_named(doc, message):
@@ -292,6 +295,37 @@ def test_es_step_is_deterministic_and_moves_the_network(tmp_path):
     start = StepGraph(config.network)
     start.network.init_importance_gate(config.gate_init)
     assert any(not torch.equal(v, a[k]) for k, v in start.state_dict().items())
+
+
+def test_end_meta_loss_is_every_tasks_query_loss_at_the_streams_end():
+    """``meta_loss="end"``: one term, the mean over all tasks of the query loss after the last step,
+    recomputed here from a plain run of the same problems with the same batches."""
+    config = _config(estimator="es", meta_loss="end", query_loss="error")
+    population = Population(config.family.sample_population(np.random.default_rng([0, 0]), 2))
+    torch.manual_seed(0)
+    graph = start_graph(config)
+    with torch.no_grad():
+        value = unroll(graph, population, config)
+        params, opt, rngs = start_population(graph, population)
+        for i in range(population.tasks):
+            if i:
+                opt.task_boundary()
+            for step in range(population.steps_per_task):
+                x, y, source = population.training_batch(i, step, rngs, 32)
+                params = opt.step(params, population.grads(params, source, x, y))
+        query = [np.random.default_rng(s.seed + 1) for s in population.specs]
+        losses = [population.loss(params, j, *population.batch(j, query, config.query_batch), "error") for j in range(population.tasks)]
+        ramp = unroll(graph, population, replace(config, meta_loss="ramp"))
+    assert value == pytest.approx(float(torch.stack(losses).mean()), abs=1e-6)
+    assert value != pytest.approx(ramp, abs=1e-4)
+
+
+def test_es_on_the_end_meta_loss_moves_the_network(tmp_path):
+    config = _config(iterations=1, estimator="es", meta_loss="end", es_directions=2, es_sigma=0.1, outer_lr=1e-2)
+    progress = meta_train(tmp_path / "a", config, seed=4)
+    assert 0.0 < progress.history[0]["meta_loss"]
+    torch.manual_seed(4)
+    assert any(not torch.equal(v, _weights(tmp_path / "a" / "last.safetensors")[k]) for k, v in start_graph(config).state_dict().items())
 
 
 def test_es_head_scope_moves_only_the_output_layer(tmp_path):
