@@ -113,12 +113,12 @@ def parse_settings(text: str) -> list[tuple[float, float]]:
     return pairs
 
 
-def hand_set_graph(network: NetworkConfig, strength: float, pull: float = 0.0) -> StepGraph:
-    """A step whose network emits gate slope ``strength`` and pull ``pull`` for every token
-    (:meth:`TokenNetwork.init_importance_gate`; ``0, 0`` is the zero head, exactly Adam); its
-    encoder's weights come from torch's generator."""
+def hand_set_graph(network: NetworkConfig, strength: float, pull: float = 0.0, offset: float = 0.0) -> StepGraph:
+    """A step whose network emits gate slope ``strength``, pull ``pull`` and gate offset ``offset``
+    for every token (:meth:`TokenNetwork.init_importance_gate`; ``0, 0, 0`` is the zero head,
+    exactly Adam); its encoder's weights come from torch's generator."""
     graph = StepGraph(network)
-    graph.network.init_importance_gate(strength, pull)
+    graph.network.init_importance_gate(strength, pull, offset)
     return graph
 
 

@@ -104,17 +104,19 @@ class TokenNetwork(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     @torch.no_grad()
-    def init_importance_gate(self, strength: float, pull: float = 0.0) -> None:
+    def init_importance_gate(self, strength: float, pull: float = 0.0, offset: float = 0.0) -> None:
         """Start from importance-gated Adam, optionally with EWC's pull, instead of plain Adam.
 
-        Sets the gate slope to ``beta = strength`` and the pull to ``rho = pull`` for every token
-        (the output bias), so each element steps
-        ``2 d / (1 + (1 + Omega)^strength) + pull P (theta - theta*) / rms_window(theta)``
-        (see :func:`lto_core.step.protected_update`); ``strength = 1`` is ``d / (1 + Omega/2)``.
-        Where nothing was consolidated (``Omega = 0``, e.g. plain single-task training) this is
-        still exactly Adam. Meta-training starts here.
+        Sets the gate slope to ``beta = strength``, the pull to ``rho = pull`` and the gate's
+        offset to ``alpha = offset`` for every token (the output bias), so each element steps
+        ``2 d / (1 + e^-offset (1 + Omega)^strength) + pull P (theta - theta*) / rms_window(theta)``
+        (see :func:`lto_core.step.protected_update`); ``strength = 1, offset = 0`` is
+        ``d / (1 + Omega/2)``, and ``strength = 0`` scales Adam's step by ``2 sigmoid(offset)``.
+        Where nothing was consolidated (e.g. plain single-task training) this is still exactly
+        Adam, whatever the settings. Meta-training starts here.
         """
         self.zero_head()
+        self.out.bias[0] = offset
         self.out.bias[1] = strength
         self.out.bias[2] = pull
 

@@ -72,3 +72,29 @@ def test_any_network_is_adam_until_the_first_boundary(random_head_files, backend
     train(ref_model, ref_opt, 10, seed=1)
     train(lto_model, lto_opt, 10, seed=1)
     assert (flat_params(ref_model) - flat_params(lto_model)).abs().max() > 1e-3
+
+
+def test_gate_offset_alone_scales_adams_step_after_a_boundary(tmp_path):
+    """``hand_set_graph(..., 0, 0, offset=a)``: until the first boundary Adam's step, after it the
+    same step times ``2 sigmoid(a)`` (no importance gate, no pull)."""
+    from lto_core.checkpoint import save_checkpoint
+    from lto_core.evaluation import hand_set_graph
+    from lto_core.meta_train import MetaTrainConfig
+
+    offset = 1.0
+    checkpoint = save_checkpoint(hand_set_graph(MetaTrainConfig().network, 0.0, 0.0, offset=offset), tmp_path / "offset1", {"meta_trained": False})
+    ref_model, lto_model = digits_mlp(), digits_mlp()
+    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-2)
+    lto_opt = LTO(lto_model.parameters(), lr=1e-2, backend="torch", checkpoint=checkpoint)
+    train(ref_model, ref_opt, 40)
+    train(lto_model, lto_opt, 40)
+    assert torch.allclose(flat_params(ref_model), flat_params(lto_model), rtol=0.0, atol=1e-6)
+    lto_opt.task_boundary()
+    start = flat_params(lto_model)
+    train(ref_model, ref_opt, 1, seed=1)
+    train(lto_model, lto_opt, 1, seed=1)
+    # Per element (differences of float32 parameters carry rounding of about 1% of a step).
+    ratio = (flat_params(lto_model) - start) / (flat_params(ref_model) - start)
+    scale = 2.0 * torch.sigmoid(torch.tensor(offset)).item()
+    assert ratio.median().item() == pytest.approx(scale, rel=1e-3)
+    assert (ratio - scale).abs().max().item() < 0.03 * scale
