@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +13,24 @@ from click.testing import CliRunner
 from lto_export.cli import main
 
 
-def test_export_then_validate(tmp_path):
-    runner = CliRunner()
-    out = tmp_path / "mine.onnx"
-    result = runner.invoke(main, ["export", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert out.is_file()
-    result = runner.invoke(main, ["validate", str(out), "--steps", "20"])
-    assert result.exit_code == 0, result.output
-    assert "PASS" in result.output
-
-
-def test_export_is_reproducible_and_free_of_build_paths(tmp_path):
+def test_export_validates_and_is_reproducible_and_free_of_build_paths(tmp_path):
     import onnx
 
     import lto_export
 
+    runner = CliRunner()
     first, second = tmp_path / "a" / "x.onnx", tmp_path / "b" / "x.onnx"
     for out in (first, second):
-        assert CliRunner().invoke(main, ["export", "--out", str(out)]).exit_code == 0
+        result = runner.invoke(main, ["export", "--out", str(out)])
+        assert result.exit_code == 0, result.output
     assert first.read_bytes() == second.read_bytes()
     assert str(Path(lto_export.__file__).parent.parent).encode() not in first.read_bytes()
     model = onnx.load(str(first))
     assert not any(node.metadata_props for node in model.graph.node)
     assert {p.key for p in model.metadata_props} >= {"lto.format", "lto.meta_train", "lto.checkpoint_sha256"}
+    result = runner.invoke(main, ["validate", str(first), "--steps", "20"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
 
 
 def test_validate_fails_against_the_wrong_checkpoint(random_head_files, zero_head_files):
@@ -71,17 +66,23 @@ def test_inspect_refuses_a_bad_file(tmp_path):
 def test_export_gate_init_as_default_removes_its_scratch_checkpoint(tmp_path, monkeypatch):
     import lto_export.onnx_export as onnx_export
 
+    from lto_core.checkpoint import load_checkpoint
+
     installed = []
 
-    def install_elsewhere(checkpoint):  # the real install_default would overwrite the packaged default
-        installed.append(Path(checkpoint))
-        return onnx_export.export_onnx(tmp_path / "default.onnx", checkpoint)
+    def install_elsewhere(checkpoint):
+        """The real install_default would overwrite the packaged default; exporting is tested above."""
+        graph, meta_train = load_checkpoint(checkpoint)
+        installed.append((Path(checkpoint), meta_train, graph.network.out.bias.detach().clone()))
+        return Path(shutil.copy(checkpoint, tmp_path))
 
     monkeypatch.setattr(onnx_export, "install_default", install_elsewhere)
     result = CliRunner().invoke(main, ["export", "--gate-init", "0", "--as-default"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "default.onnx").is_file()
-    assert len(installed) == 1 and not installed[0].parent.exists()
+    assert len(installed) == 1
+    checkpoint, meta_train, bias = installed[0]
+    assert meta_train["gate_init"] == 0.0 and not bias.any()  # gate 0: the zero head, Adam
+    assert not checkpoint.parent.exists()
 
 
 def test_export_pull_init_writes_a_hand_set_file_and_needs_gate_init(tmp_path):
