@@ -34,14 +34,10 @@ def test_zero_head_matches_adam_across_task_boundaries(zero_head_files):
     assert torch.allclose(flat_params(ref_model), flat_params(lto_model), rtol=0.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("gate_init, pull_init", [(2.0, 0.0), (0.0, 1.0)])
-def test_hand_set_network_is_adam_until_the_first_boundary_then_holds_back(tmp_path, gate_init, pull_init):
-    """``gate_init`` / ``pull_init`` networks (meta-training's starting points) differ from Adam
-    only after a boundary, where the gate shrinks the steps of important weights and the pull
-    draws them back toward the anchor: either way they move less far from it than Adam's."""
-    from lto_export.onnx_export import initial_checkpoint
-
-    checkpoint = initial_checkpoint(gate_init, tmp_path / "hand-set.safetensors", pull_init)
+def _adam_and_lto_across_a_boundary(checkpoint, steps_after: int):
+    """Adam and LTO (``checkpoint``, torch backend) from the same start through 40 steps (asserted
+    equal: the memory gate), a task boundary, then ``steps_after`` more steps on other batches:
+    ``(adam_model, lto_model, parameters at the boundary)``."""
     ref_model, lto_model = digits_mlp(), digits_mlp()
     ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-2)
     lto_opt = LTO(lto_model.parameters(), lr=1e-2, backend="torch", checkpoint=checkpoint)
@@ -50,8 +46,20 @@ def test_hand_set_network_is_adam_until_the_first_boundary_then_holds_back(tmp_p
     assert torch.allclose(flat_params(ref_model), flat_params(lto_model), rtol=0.0, atol=1e-6)
     lto_opt.task_boundary()
     start = flat_params(lto_model)
-    train(ref_model, ref_opt, 40, seed=1)
-    train(lto_model, lto_opt, 40, seed=1)
+    train(ref_model, ref_opt, steps_after, seed=1)
+    train(lto_model, lto_opt, steps_after, seed=1)
+    return ref_model, lto_model, start
+
+
+@pytest.mark.parametrize("gate_init, pull_init", [(2.0, 0.0), (0.0, 1.0)])
+def test_hand_set_network_is_adam_until_the_first_boundary_then_holds_back(tmp_path, gate_init, pull_init):
+    """``gate_init`` / ``pull_init`` networks (meta-training's starting points) differ from Adam
+    only after a boundary, where the gate shrinks the steps of important weights and the pull
+    draws them back toward the anchor: either way they move less far from it than Adam's."""
+    from lto_export.onnx_export import initial_checkpoint
+
+    checkpoint = initial_checkpoint(gate_init, tmp_path / "hand-set.safetensors", pull_init)
+    ref_model, lto_model, start = _adam_and_lto_across_a_boundary(checkpoint, 40)
     moved_lto = (flat_params(lto_model) - start).abs().sum()
     assert moved_lto < (flat_params(ref_model) - start).abs().sum() * 0.9
 
@@ -83,16 +91,7 @@ def test_gate_offset_alone_scales_adams_step_after_a_boundary(tmp_path):
 
     offset = 1.0
     checkpoint = save_checkpoint(hand_set_graph(MetaTrainConfig().network, 0.0, 0.0, offset=offset), tmp_path / "offset1", {"meta_trained": False})
-    ref_model, lto_model = digits_mlp(), digits_mlp()
-    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-2)
-    lto_opt = LTO(lto_model.parameters(), lr=1e-2, backend="torch", checkpoint=checkpoint)
-    train(ref_model, ref_opt, 40)
-    train(lto_model, lto_opt, 40)
-    assert torch.allclose(flat_params(ref_model), flat_params(lto_model), rtol=0.0, atol=1e-6)
-    lto_opt.task_boundary()
-    start = flat_params(lto_model)
-    train(ref_model, ref_opt, 1, seed=1)
-    train(lto_model, lto_opt, 1, seed=1)
+    ref_model, lto_model, start = _adam_and_lto_across_a_boundary(checkpoint, 1)
     # Per element (differences of float32 parameters carry rounding of about 1% of a step).
     ratio = (flat_params(lto_model) - start) / (flat_params(ref_model) - start)
     scale = 2.0 * torch.sigmoid(torch.tensor(offset)).item()
