@@ -252,16 +252,37 @@ def _export_windows_dynamic(step: Callable[..., None], tensors: tuple[torch.Tens
         return torch.export.export(Step(), examples, dynamic_shapes=(dynamic,))  # forward(*args): one tuple
 
 
+def _cpu_identity() -> str:
+    """What a kernel built for this CPU may depend on: the architecture, torch's vector level and,
+    on Linux, the model and every instruction-set flag the kernel reports.
+
+    Inductor compiles for the host's own instructions, so two CPUs of the same vector level (say
+    AVX512) can still differ in an extension the kernel uses; a cache folder shared between
+    machines (a network home, a copied image) must not hand one CPU's kernel to the other."""
+    parts = [platform.machine(), torch.backends.cpu.get_cpu_capability()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "flags", "Features"):
+                    parts.append(value.strip())
+                if not line.strip():  # the first processor's block says it for all
+                    break
+    except OSError:  # not Linux: the architecture and vector level above, and the processor's name
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
 def _kernel_file(program: torch.export.ExportedProgram) -> Path:
     """Where the kernel compiled from ``program`` is kept: a file in inductor's cache folder
     (``TORCHINDUCTOR_CACHE_DIR``, by default under the temporary folder), named by a hash of what
     the compiled code depends on: the exported graph, its shape ranges and example sizes, torch's
-    version, the CPU's vector instructions and the number of threads."""
+    version, the CPU (:func:`_cpu_identity`) and the number of threads."""
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     sizes = [tuple(t.shape) for t in program.example_inputs[0]]
-    parts = (program.graph_module.code, str(program.range_constraints), str(sizes), torch.__version__, platform.machine(),
-             torch.backends.cpu.get_cpu_capability(), str(torch.get_num_threads()))
+    parts = (program.graph_module.code, str(program.range_constraints), str(sizes), torch.__version__, _cpu_identity(),
+             str(torch.get_num_threads()))
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
     return Path(cache_dir()) / "lto" / f"element-step-{digest}.pt2"
 

@@ -113,6 +113,23 @@ def test_export_for_the_kernel_stacks_the_per_window_factors():
     assert "aten.stack" in program.graph_module.code
 
 
+def test_kernel_file_is_named_by_the_cpu_it_was_built_for(monkeypatch):
+    """A cache folder shared by two machines of the same vector level but different instruction
+    extensions (a network home) gives each its own kernel file: the name hashes the CPU's flags."""
+    from lto_core import executor
+
+    step = in_place_element_step(False, False, True, True).step
+    program = executor._export_windows_dynamic(step, tuple(_tensors(3, False, True, seed=0)))
+    here = executor._kernel_file(program)
+    assert here == executor._kernel_file(program)
+    identity = executor._cpu_identity()
+    assert torch.backends.cpu.get_cpu_capability() in identity
+    if os.path.exists("/proc/cpuinfo"):
+        assert any(flag in identity for flag in ("sse2", "avx", "neon", "asimd", "fp"))
+    monkeypatch.setattr(executor, "_cpu_identity", lambda: identity + " avx512_fp16")  # one more extension
+    assert executor._kernel_file(program) != here
+
+
 def test_a_process_leaves_no_extracted_kernel_behind(tmp_path):
     """torch extracts each loaded kernel into the temporary folder and removes the copy when its
     loader is released: a process that stepped with ``backend="torch"`` leaves none behind when it
