@@ -252,9 +252,10 @@ def _export_windows_dynamic(step: Callable[..., None], tensors: tuple[torch.Tens
         return torch.export.export(Step(), examples, dynamic_shapes=(dynamic,))  # forward(*args): one tuple
 
 
+@functools.cache
 def _cpu_identity() -> str:
     """What a kernel built for this CPU may depend on: the architecture, torch's vector level and,
-    on Linux, the model and every instruction-set flag the kernel reports.
+    on Linux, the model and every instruction-set flag the kernel reports (read once a process).
 
     Inductor compiles for the host's own instructions, so two CPUs of the same vector level (say
     AVX512) can still differ in an extension the kernel uses; a cache folder shared between
